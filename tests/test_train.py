@@ -1,0 +1,177 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from comp import runs
+from comp.cli import app
+from comp.config import load_config
+from comp.data import labels as L
+from comp.errors import CompError
+from comp.train import engine
+from comp.train.engine import train
+from comp.train.losses import Criterion, soft_targets
+from comp.train.models import Head, create_model
+
+from .conftest import tiny_cfg
+
+
+def test_loss_goes_down(tiny_root, tmp_path):
+    r = train(tiny_cfg(tiny_root, "train.epochs=4"), tmp_path / "run")
+    losses = [h["train_loss"] for h in r.folds[0].history]
+    assert losses[-1] < 0.8 * losses[0], losses
+    fold = tmp_path / "run" / "fold0"
+    for name in ("best.safetensors", "last.safetensors", "metrics.csv", "confusion.csv", "confusion.png", "done"):
+        assert (fold / name).is_file(), name
+    m = pd.read_csv(fold / "metrics.csv")
+    assert list(m["epoch"]) == [1, 2, 3, 4]
+    assert {"f1", "f1_mask", "f1_gender", "f1_age", "acc", "val_loss"} <= set(m.columns)
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "multitask"])
+def test_heads_give_valid_class_probabilities(kind):
+    head = Head(kind)
+    model = create_model(load_config(None, ["model.name=resnet10t", f"model.head={kind}"]).model, head)
+    logits = model(torch.randn(4, 3, 32, 24))
+    assert logits.shape == (4, 18 if kind == "multiclass" else 8)
+    p = head.probs(logits)
+    assert p.shape == (4, 18) and (p >= 0).all() and torch.allclose(p.sum(1), torch.ones(4))
+    if kind == "multitask":  # the joint's marginals are the heads' own softmaxes
+        marg = L.heads_from_probs(p.detach().numpy())
+        for h, part in head.split(logits).items():
+            assert np.allclose(marg[h], torch.softmax(part, 1).detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "multitask"])
+@pytest.mark.parametrize("mix", [["mixup.mixup_alpha=0.4"], ["mixup.cutmix_alpha=1.0"]])
+def test_mixup_and_cutmix_targets(kind, mix):
+    from timm.data import Mixup
+
+    cfg = load_config(None, mix + ["loss.label_smoothing=0.1", f"model.head={kind}"])
+    m = cfg.mixup
+    mixup = Mixup(mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha, label_smoothing=0.1, num_classes=18)
+    y = torch.tensor([0, 5, 17, 9])
+    x, t = mixup(torch.randn(4, 3, 32, 24), y)
+    assert x.shape == (4, 3, 32, 24) and t.shape == (4, 18)
+    assert torch.allclose(t.sum(1), torch.ones(4))
+    head = Head(kind)
+    loss = Criterion(cfg.loss, head)(torch.randn(4, head.n_outputs, requires_grad=True), t)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    # marginals of a mixed 18-class target are mixed head targets
+    heads = L.heads_from_probs(t.numpy())
+    assert heads["mask"].shape == (4, 3) and heads["gender"].shape == (4, 2) and heads["age"].shape == (4, 3)
+
+
+def test_mixup_trains_end_to_end_with_multitask(tiny_root, tmp_path):
+    r = train(tiny_cfg(tiny_root, "train.epochs=1", "model.head=multitask", "mixup.mixup_alpha=0.4",
+                       "mixup.cutmix_alpha=1.0", "loss.terms={focal: 1.0, soft_f1: 0.5}", "train.ema=true",
+                       "data.sampler=weighted", "loss.class_weights=sqrt"), tmp_path / "run")
+    assert r.folds[0].best_epoch == 1 and 0 <= r.folds[0].best["f1"] <= 1
+
+
+def test_resume_equals_uninterrupted_run(tiny_root, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_root, "train.epochs=3", "augment.preset=light", "mixup.mixup_alpha=0.4")
+    train(cfg, tmp_path / "whole")
+    real = engine.predict_probs
+    calls = {"n": 0}
+
+    def crash_in_epoch_3(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(engine, "predict_probs", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut")
+    monkeypatch.setattr(engine, "predict_probs", real)
+    assert len(pd.read_csv(tmp_path / "cut" / "fold0" / "metrics.csv")) == 2
+    with pytest.raises(CompError, match="already exists"):
+        train(cfg, tmp_path / "cut")
+    train(cfg, tmp_path / "cut", resume=True)
+    a, b = (pd.read_csv(tmp_path / d / "fold0" / "metrics.csv").drop(columns=["seconds", "images_per_s"])
+            for d in ("whole", "cut"))
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5)
+
+
+def test_kfold_oof_covers_every_train_image_once(tiny_root, tmp_path):
+    cfg = tiny_cfg(tiny_root, "train.epochs=1")
+    r = train(cfg, tmp_path / "run", folds=[0, 1])
+    oof = runs.read_oof(tmp_path / "run")
+    df = runs.train_frame(cfg)
+    assert len(oof) == len(df) and oof["image"].is_unique and set(oof["image"]) == set(df["image"])
+    assert np.allclose(runs.oof_probs(oof).sum(1), 1, atol=1e-4)
+    folds = oof.set_index("image")["fold"]
+    assert (df.set_index("image")["fold"] == folds.loc[df["image"]].to_numpy()).all()
+    assert r.oof is not None and 0 <= r.oof["f1"] <= 1
+
+
+def test_unknown_config_key_lists_valid_keys(tmp_path):
+    with pytest.raises(CompError, match="unknown key train.epoch;.*epochs"):
+        load_config(None, ["train.epoch=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  nme: resnet18\n")
+    with pytest.raises(CompError, match=r"bad.yaml: unknown key model.nme; valid keys of model: name"):
+        load_config(bad)
+    with pytest.raises(CompError, match="train.epochs must be int"):
+        load_config(None, ["train.epochs=many"])
+    with pytest.raises(CompError, match="choose one of"):
+        load_config(None, ["model.head=twoheads"])
+    result = CliRunner().invoke(app, ["train", "--set", "train.epoch=3"])
+    assert result.exit_code == 2 and "unknown key train.epoch" in result.output
+
+
+def test_offline_hub_weights_fail_at_once_naming_the_local_file_option(monkeypatch):
+    import time
+
+    import huggingface_hub.constants as hf
+
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    t = time.time()
+    with pytest.raises(CompError, match=r"model.weights=/path/to/weights.safetensors"):
+        create_model(load_config(None, ["model.name=resnet10t", "model.weights=hub"]).model)
+    assert time.time() - t < 20
+
+
+def test_local_weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    cfg = load_config(None, ["model.name=resnet10t"]).model
+    src = create_model(cfg)
+    # a backbone checkpoint with another classifier size: the classifier is skipped, the rest loaded
+    other = {k: v for k, v in src.state_dict().items()}
+    other["fc.weight"] = torch.zeros(1000, other["fc.weight"].shape[1])
+    save_file(other, str(tmp_path / "w.safetensors"))
+    torch.save({"state_dict": src.state_dict()}, tmp_path / "w.pth")
+    for f in ("w.safetensors", "w.pth"):
+        m = create_model(load_config(None, ["model.name=resnet10t", f"model.weights={tmp_path / f}"]).model)
+        assert torch.equal(m.state_dict()["conv1.0.weight"], src.state_dict()["conv1.0.weight"])
+    with pytest.raises(CompError, match="file not found"):
+        create_model(load_config(None, ["model.name=resnet10t", "model.weights=/nope.pth"]).model)
+    save_file({"foo": torch.zeros(2)}, str(tmp_path / "foo.safetensors"))
+    with pytest.raises(CompError, match="only 0 of the model"):
+        create_model(load_config(None, ["model.name=resnet10t", f"model.weights={tmp_path / 'foo.safetensors'}"]).model)
+
+
+def test_nan_loss_stops_with_the_step(tiny_root, tmp_path):
+    with pytest.raises(CompError, match=r"loss became nan at epoch 1, step 1"):
+        train(tiny_cfg(tiny_root, "loss.terms={ce: .nan}"), tmp_path / "run")
+
+
+def test_losses():
+    from comp.train.losses import cross_entropy, focal, soft_f1
+
+    logits = torch.randn(6, 18)
+    t = soft_targets(torch.tensor([0, 1, 2, 3, 4, 5]), 0.1)
+    assert torch.allclose(t.sum(1), torch.ones(6))
+    assert math.isclose(t[0, 0].item(), 0.9 + 0.1 / 18, rel_tol=1e-6)
+    assert torch.allclose(focal(logits, t, gamma=0.0), cross_entropy(logits, t))
+    assert focal(logits, t, gamma=2.0) < cross_entropy(logits, t)
+    perfect = torch.full((6, 18), -20.0).scatter_(1, torch.arange(6).view(-1, 1), 20.0)
+    assert soft_f1(perfect, soft_targets(torch.arange(6))) < 1e-3
+    assert soft_f1(-perfect, soft_targets(torch.arange(6))) > 0.99
+    with pytest.raises(CompError, match="unknown loss"):
+        Criterion(load_config(None, ["loss.terms={dice: 1}"]).loss, Head("multiclass"))
