@@ -1,0 +1,127 @@
+"""`comp predict`: runs' checkpoints → a submission CSV with its class probabilities.
+
+A k-fold run contributes the mean of its folds' probabilities; several runs contribute equally. Each run
+is rebuilt from its own config.yaml (model, head, image size), so no flags describe the model.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from . import metrics, runs
+from .config import Config, read_run_config
+from .data.loader import Normalizer
+from .data.reader import load_truth
+from .errors import CompError
+from .fileio import refuse_overwrite
+from .inference import TTA_VIEWS, predict_views
+from .submission import write_submission
+
+
+@dataclass
+class PredictResult:
+    csv: Path
+    n: int
+    seconds: float
+    images_per_s: float
+    meta: dict
+    scores: dict | None  # public / private F1 when the data root has an answer key
+
+
+def _accelerator(cfgs: list[Config]) -> Accelerator:
+    return Accelerator(mixed_precision=cfgs[0].train.mixed_precision)
+
+
+def run_views(run: Path, cfg: Config, paths: list[str], tta: str, ckpt: str, accelerator: Accelerator,
+              folds: list[int] | None = None, labels=None) -> np.ndarray:
+    """(V, N, 18) probabilities of `paths`, averaged over the run's folds (or the given ones)."""
+    loader = accelerator.prepare_data_loader(runs.image_loader(cfg, paths, labels, desc=f"caching images for {run.name}"))
+    normalize = Normalizer(cfg.augment.mean, cfg.augment.std, cfg.model.channels_last).to(accelerator.device)
+    total = None
+    folds = runs.trained_folds(run) if folds is None else folds
+    for k in folds:
+        model, head, _ = runs.load_run(run, k, ckpt)
+        model = model.to(accelerator.device)
+        if cfg.model.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        views, index = predict_views(model, head, loader, normalize, accelerator, tta, desc=f"{run.name} fold {k}")
+        views = views[:, np.argsort(index)]
+        total = views if total is None else total + views
+    return total / len(folds)
+
+
+def predict(run_dirs: list[Path | str], out: Path | str, data: Path | str | None = None, tta: str | None = None,
+            ckpt: str = "best", force: bool = False) -> PredictResult:
+    run_dirs = [Path(r) for r in run_dirs]
+    if not run_dirs:
+        raise CompError("give at least one run folder")
+    out = Path(out)
+    refuse_overwrite(out, force, "submission")
+    cfgs = [read_run_config(r) for r in run_dirs]
+    for r in run_dirs:
+        runs.trained_folds(r)  # fail before any work when a run is unfinished
+    tta = tta or cfgs[0].predict.tta
+    if tta not in TTA_VIEWS:
+        raise CompError(f"--tta {tta}: choose one of {', '.join(TTA_VIEWS)}")
+    root = Path(data) if data else runs.data_root(cfgs[0])
+    ev = runs.eval_frame(cfgs[0], root)  # every info.csv image must exist before any work
+    accelerator = _accelerator(cfgs)
+    t0 = time.time()
+    probs = np.mean([run_views(r, c, ev["path"].tolist(), tta, ckpt, accelerator).mean(0)
+                     for r, c in zip(run_dirs, cfgs, strict=True)], axis=0)
+    seconds = time.time() - t0
+    n_models = sum(len(runs.trained_folds(r)) for r in run_dirs)
+    meta = {"runs": [str(r) for r in run_dirs], "data": str(root), "ckpt": ckpt, "tta": tta,
+            "checkpoints": [str(runs.checkpoint(r, k, ckpt)) for r in run_dirs for k in runs.trained_folds(r)],
+            "image_size": {str(r): c.data.size for r, c in zip(run_dirs, cfgs, strict=True)},
+            "models": {str(r): f"{c.model.name} ({c.model.head})" for r, c in zip(run_dirs, cfgs, strict=True)},
+            "images": len(ev), "forward_passes": len(ev) * n_models * len(TTA_VIEWS[tta]),
+            "seconds": round(seconds, 2), "images_per_s": round(len(ev) / max(seconds, 1e-9), 1)}
+    ans = probs.argmax(1)
+    if accelerator.is_main_process:
+        write_submission(out, ev["ImageID"], ans, probs, meta, force=force)
+    truth = load_truth(root)
+    scores = None
+    if truth is not None:
+        t = truth.set_index("ImageID").loc[ev["ImageID"]]
+        scores = metrics.leaderboard(ans, t["ans"].to_numpy(), t["Usage"].to_numpy())
+    return PredictResult(out, len(ev), seconds, len(ev) / max(seconds, 1e-9), meta, scores)
+
+
+@dataclass
+class Validation:
+    run: Path
+    folds: list[int]
+    images: int
+    plain: dict  # metrics.summarize without TTA
+    tta: dict  # with TTA
+    tta_name: str
+
+
+def validate(run_dirs: list[Path | str], tta: str | None = None, ckpt: str = "best") -> list[Validation]:
+    """Each run's validation fold(s), predicted without and with TTA: what TTA buys, per head."""
+    out = []
+    cfgs = [read_run_config(r) for r in run_dirs]
+    accelerator = _accelerator(cfgs)
+    for run, cfg in zip(map(Path, run_dirs), cfgs, strict=True):
+        df = runs.train_frame(cfg)
+        t = tta or cfg.predict.tta
+        if t not in TTA_VIEWS:
+            raise CompError(f"--tta {t}: choose one of {', '.join(TTA_VIEWS)}")
+        ys, plain, mean = [], [], []
+        folds = runs.trained_folds(run)
+        for k in folds:
+            val = df[df["fold"] == k]
+            views = run_views(run, cfg, val["path"].tolist(), t, ckpt, accelerator, folds=[k])
+            ys.append(val["label"].to_numpy())
+            plain.append(views[0].argmax(1))
+            mean.append(views.mean(0).argmax(1))
+        y = np.concatenate(ys)
+        out.append(Validation(run, folds, len(y), metrics.summarize(y, np.concatenate(plain)),
+                              metrics.summarize(y, np.concatenate(mean)), t))
+    return out
