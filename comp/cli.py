@@ -180,6 +180,131 @@ def train_cmd(
     console.print(t)
 
 
+# ------------------------------------------------------------------------------------------- predict
+@app.command("predict")
+def predict_cmd(
+    run: list[Path] = typer.Argument(..., help="Run folder(s) from `comp train`; a k-fold run means all its folds."),
+    data: Path = typer.Option(None, "--data", help="Dataset root holding eval/ (default: the run's data.root)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Submission CSV (default submissions/<run>.csv)."),
+    tta: str = typer.Option(None, "--tta", help="none | flip | flip+scale (default: the run's predict.tta)."),
+    ckpt: str = typer.Option("best", "--ckpt", help="best | last checkpoint of each fold."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing submission of that name."),
+    validate: bool = typer.Option(False, "--validate", help="Score the runs' validation folds with and without TTA instead."),
+):
+    """TTA inference → submission CSV + .probs.npy + .json (or --validate: what TTA buys)."""
+    from .predict import predict, validate as run_validate
+
+    if validate:
+        t = Table(title="validation folds, without and with TTA")
+        for col in ("run", "TTA", "images", "f1", "mask", "gender", "age", "acc"):
+            t.add_column(col, justify="left" if col in ("run", "TTA") else "right")
+        keys = ("f1", "f1_mask", "f1_gender", "f1_age", "acc")
+        for v in run_validate(run, tta, ckpt):
+            name = f"{v.run.name} (folds {','.join(map(str, v.folds))})"
+            t.add_row(name, "none", str(v.images), *(f"{v.plain[k]:.4f}" for k in keys))
+            t.add_row("", v.tta_name, "", *(f"{v.tta[k]:.4f}" for k in keys), end_section=True)
+        console.print(t)
+        return
+    out = out or Path("submissions") / f"{run[0].name}.csv"
+    r = predict(run, out, data, tta, ckpt, force)
+    t = Table(title=f"submission {r.csv}", show_header=False)
+    t.add_row("runs", ", ".join(r.meta["runs"]))
+    t.add_row("models", ", ".join(r.meta["models"].values()))
+    t.add_row("checkpoints", f"{len(r.meta['checkpoints'])} ({ckpt})")
+    t.add_row("TTA", r.meta["tta"])
+    t.add_row("images", f"{r.n} in {r.seconds:.1f}s ({r.images_per_s:.0f}/s)")
+    t.add_row("files", f"{r.csv.name}, {r.csv.stem}.probs.npy, {r.csv.stem}.json")
+    if r.scores:
+        for part in ("public", "private"):
+            s = r.scores[part]
+            t.add_row(f"{part} (answer key)", f"F1 {s['f1']:.4f}  accuracy {s['acc']:.2f}%  (n={s['n']})")
+    console.print(t)
+
+
+# ------------------------------------------------------------------------------------------ ensemble
+def _scores_table(title: str, scores: dict, last_bold: bool = True) -> Table:
+    t = Table(title=title)
+    for col in ("input", "public F1", "private F1", "public acc", "private acc"):
+        t.add_column(col, justify="left" if col == "input" else "right")
+    items = list(scores.items())
+    for i, (name, s) in enumerate(items):
+        t.add_row(name, f"{s['public']['f1']:.4f}", f"{s['private']['f1']:.4f}", f"{s['public']['acc']:.2f}%",
+                  f"{s['private']['acc']:.2f}%", style="bold" if last_bold and i == len(items) - 1 else None)
+    return t
+
+
+@app.command("ensemble")
+def ensemble_cmd(
+    inputs: list[Path] = typer.Argument(..., help="Submission CSVs; with --fit or --soup, run folders (or checkpoints)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output CSV (a run folder with --soup)."),
+    method: str = typer.Option("vote", "--method", "-m",
+                               help="vote | per-task | soft | geo. Ties in a vote go to the input with the larger "
+                                    "weight, then to the one listed first."),
+    weights: str = typer.Option(None, "--weights", "-w", help="Comma-separated weights, e.g. 2,1,1 (default equal)."),
+    fit_: bool = typer.Option(False, "--fit", help="Inputs are runs: fit weights and class biases on their OOF files."),
+    soup_: bool = typer.Option(False, "--soup", help="Inputs are runs/checkpoints of one architecture: average weights."),
+    soup_kind: str = typer.Option("greedy", "--soup-kind", help="greedy | uniform (with --soup)."),
+    data: Path = typer.Option(None, "--data", help="Dataset root for --fit predictions (default: the runs')."),
+    tta: str = typer.Option(None, "--tta", help="TTA of the eval predictions --fit makes (default: the runs')."),
+    truth: Path = typer.Option(None, "--truth", help="Answer key (ImageID,ans,Usage) to score inputs and result."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+):
+    """Blend submissions (vote / per-task / soft / geo), fit a blend of runs on OOF, or make a model soup."""
+    from . import ensemble
+
+    if fit_ and soup_:
+        raise CompError("--fit and --soup are different things; choose one")
+    if soup_:
+        from .soup import make_soup
+
+        r = make_soup(inputs, out, soup_kind, force)
+        t = Table(title=f"model soup → {r.out} ({r.kind})")
+        t.add_column("ingredient")
+        t.add_column("validation F1", justify="right")
+        t.add_column("in greedy soup", justify="center")
+        for i, ing in enumerate(r.ingredients):
+            t.add_row(str(ing.ckpt), f"{ing.f1:.4f}", "yes" if i in r.greedy_members else "")
+        t.add_row("uniform soup", f"{r.uniform_f1:.4f}", "", style="bold")
+        t.add_row("greedy soup", f"{r.greedy_f1:.4f}", "", style="bold")
+        console.print(t)
+        return
+    if fit_:
+        r = ensemble.fit(inputs, out, data, tta, force=force)
+        t = Table(title="out-of-fold macro F1 (train labels)")
+        for col in ("what", "f1", "mask", "gender", "age", "acc"):
+            t.add_column(col, justify="left" if col == "what" else "right")
+        for name, s in r.plan.oof.items():
+            t.add_row(name, *(f"{s[k]:.4f}" for k in ("f1", "f1_mask", "f1_gender", "f1_age", "acc")))
+        console.print(t)
+        console.print("weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(r.names, r.plan.weights, strict=True)))
+        if r.plan.use_bias:
+            shifted = {c: round(float(b), 2) for c, b in enumerate(r.plan.bias) if b}
+            console.print(f"class bias (log-prior shift): {shifted}")
+        else:
+            console.print("class bias: not used (it did not raise held-out F1)")
+        if r.scores:
+            console.print(_scores_table("answer key", r.scores))
+        console.print(f"wrote {r.out} (+ .probs.npy, .json)")
+        return
+    w = None
+    if weights:
+        try:
+            w = [float(v) for v in weights.split(",")]
+        except ValueError:
+            raise CompError(f"--weights {weights!r}: expected numbers like 2,1,1") from None
+    r = ensemble.blend_files(inputs, out, w, method, force, truth)
+    t = Table(title=f"agreement between inputs ({r.method} → {r.out.name})")
+    t.add_column("")
+    for n in r.names:
+        t.add_column(n, justify="right")
+    t.add_column("rows changed by the blend", justify="right")
+    for i, n in enumerate(r.names):
+        t.add_row(n, *(f"{a:.1%}" for a in r.agreement[i]), str(r.changed[i]))
+    console.print(t)
+    if r.scores:
+        console.print(_scores_table("answer key", r.scores))
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,294 @@
+"""`comp ensemble`: blend submissions, or fit a blend of runs on their out-of-fold predictions.
+
+Methods on submission files (all weighted; output in the first input's order):
+- vote      majority of answers; a tie goes to the input with the larger weight, then the one listed first.
+- per-task  the answers decoded to (mask, gender, age), a vote per head with the same tie rule, encoded
+            again: the heads err independently, so this often beats a plain vote.
+- soft      arithmetic mean of the inputs' .probs.npy.
+- geo       geometric mean of the probabilities (renormalised): an input that is sure a class is wrong
+            vetoes it.
+
+--fit on runs: Caruana et al. (2004) greedy forward selection with replacement on the runs' OOF
+probabilities, maximising macro F1, then a per-class log-prior shift tuned for macro F1 (the principled form
+of "call ≥ 58 old": rare classes get the bias they need to be predicted at the rate that maximises F1).
+Both are cross-fitted: fitted on all folds but one and scored on the held-out fold, so the reported OOF F1
+is honest; a step that does not beat the plain mean out of fold is dropped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics, runs
+from .data import labels as L
+from .data.reader import load_truth
+from .errors import CompError
+from .fileio import refuse_overwrite
+from .submission import Submission, check_same_ids, read_submission, write_submission
+
+METHODS = ("vote", "per-task", "soft", "geo")
+
+
+# ------------------------------------------------------------------------------------------ blending
+def _weighted_vote(answers: np.ndarray, weights: np.ndarray, n_classes: int) -> np.ndarray:
+    """answers (M, N) → (N,). Ties: the input with the larger weight, then the one listed first."""
+    m, n = answers.shape
+    score = np.zeros((n, n_classes))
+    for i in range(m):
+        np.add.at(score, (np.arange(n), answers[i]), weights[i])
+    top = score == score.max(1, keepdims=True)
+    out = np.full(n, -1, dtype=np.int64)
+    for i in sorted(range(m), key=lambda i: (-weights[i], i)):  # the tie-break order
+        take = (out < 0) & top[np.arange(n), answers[i]]
+        out[take] = answers[i][take]
+    return out
+
+
+def vote(answers, weights=None) -> np.ndarray:
+    answers = np.asarray(answers, dtype=np.int64)
+    return _weighted_vote(answers, _weights(weights, len(answers)), L.N_CLASSES)
+
+
+def per_task_vote(answers, weights=None) -> np.ndarray:
+    answers = np.asarray(answers, dtype=np.int64)
+    w = _weights(weights, len(answers))
+    heads = [L.decode_heads(a) for a in answers]
+    voted = {h: _weighted_vote(np.stack([x[h] for x in heads]), w, L.HEAD_SIZES[h]) for h in L.HEADS}
+    return np.asarray(L.encode(voted["mask"], voted["gender"], voted["age"]), dtype=np.int64)
+
+
+def soft(probs, weights=None) -> np.ndarray:
+    p = np.asarray(probs, dtype=np.float64)
+    w = _weights(weights, len(p))
+    return np.tensordot(w / w.sum(), p, axes=1)
+
+
+def geo(probs, weights=None) -> np.ndarray:
+    p = np.asarray(probs, dtype=np.float64)
+    w = _weights(weights, len(p))
+    logp = np.tensordot(w / w.sum(), np.log(np.clip(p, 1e-8, 1.0)), axes=1)
+    e = np.exp(logp - logp.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _weights(weights, m: int) -> np.ndarray:
+    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (m,) or (w < 0).any() or w.sum() <= 0:
+        raise CompError(f"--weights: need {m} non-negative numbers, not all 0 (got {list(np.atleast_1d(w))})")
+    return w
+
+
+@dataclass
+class BlendResult:
+    out: Path
+    method: str
+    names: list[str]
+    agreement: np.ndarray  # (M, M) share of images where inputs i and j agree
+    changed: list[int]  # rows of the result that differ from each input
+    scores: dict[str, dict] = field(default_factory=dict)  # name → leaderboard scores, with an answer key
+
+
+def _truth_for(subs: list[Submission], truth: Path | None):
+    """The answer key: --truth, or eval_truth.csv beside the eval set the first input was predicted on."""
+    if truth is not None:
+        from .data.reader import TRUTH_COLUMNS, _read_csv, problems_error
+
+        problems: list = []
+        df = _read_csv(Path(truth), TRUTH_COLUMNS, problems)
+        if problems:
+            raise problems_error(problems)
+        return df.assign(ans=df["ans"].astype(np.int64))
+    root = subs[0].meta.get("data")
+    return load_truth(root) if root else None
+
+
+def _scores(ans: np.ndarray, ids: np.ndarray, truth) -> dict:
+    t = truth.set_index("ImageID")
+    missing = set(ids) - set(t.index)
+    if missing:
+        raise CompError(f"answer key lacks {len(missing)} of the submission's ImageIDs; is it the same eval set?")
+    t = t.loc[ids]
+    return metrics.leaderboard(ans, t["ans"].to_numpy(), t["Usage"].to_numpy())
+
+
+def blend_files(paths: list[Path | str], out: Path | str, weights=None, method: str = "vote", force: bool = False,
+                truth: Path | str | None = None) -> BlendResult:
+    if method not in METHODS:
+        raise CompError(f"--method {method}: choose one of {', '.join(METHODS)}")
+    if len(paths) < 2:
+        raise CompError("give at least two submissions to blend")
+    out = Path(out)
+    refuse_overwrite(out, force, "submission")
+    need_probs = method in ("soft", "geo")
+    subs = [read_submission(p, need_probs=need_probs) for p in paths]
+    check_same_ids(subs)
+    subs = [subs[0]] + [s.reorder(subs[0].ids) for s in subs[1:]]
+    w = _weights(weights, len(subs))
+    answers = np.stack([s.ans for s in subs])
+    probs = None
+    if method == "vote":
+        ans = vote(answers, w)
+    elif method == "per-task":
+        ans = per_task_vote(answers, w)
+    else:
+        probs = (soft if method == "soft" else geo)(np.stack([s.probs for s in subs]), w)
+        ans = probs.argmax(1)
+    names = [s.path.name for s in subs]
+    meta = {"ensemble": method, "inputs": [str(s.path) for s in subs], "weights": w.tolist(),
+            "data": subs[0].meta.get("data")}
+    write_submission(out, subs[0].ids, ans, probs, meta, force=force)
+    agreement = (answers[:, None, :] == answers[None, :, :]).mean(2)
+    result = BlendResult(out, method, names, agreement, [int((a != ans).sum()) for a in answers])
+    t = _truth_for(subs, Path(truth) if truth else None)
+    if t is not None:
+        for name, a in [*zip(names, answers, strict=True), (out.name, ans)]:
+            result.scores[name] = _scores(a, subs[0].ids, t)
+    return result
+
+
+# ------------------------------------------------------------------------------------------- fitting
+def greedy_select(probs: np.ndarray, y: np.ndarray, rounds: int | None = None) -> np.ndarray:
+    """Caruana forward selection with replacement: repeatedly add the model whose inclusion gives the best
+    macro F1 of the averaged probabilities. Returns weights (counts / total). Starts from the best single
+    model; `rounds` additions at most (default 2·M keeps the selection small)."""
+    m = len(probs)
+    rounds = 2 * m if rounds is None else rounds
+    counts = np.zeros(m)
+    single = [metrics.macro_f1(y, p.argmax(1)) for p in probs]
+    counts[int(np.argmax(single))] = 1
+    total = probs[int(np.argmax(single))].astype(np.float64).copy()
+    best = max(single)
+    for _ in range(rounds):
+        n = counts.sum()
+        trial = [metrics.macro_f1(y, ((total + probs[i]) / (n + 1)).argmax(1)) for i in range(m)]
+        i = int(np.argmax(trial))
+        if trial[i] < best:  # ties are accepted: they let a second model join and smooth the blend
+            break
+        best, counts[i], total = trial[i], counts[i] + 1, total + probs[i]
+    return counts / counts.sum()
+
+
+BIAS_GRID = np.linspace(-2.0, 2.0, 21)
+
+
+def tune_bias(probs: np.ndarray, y: np.ndarray, rounds: int = 2) -> np.ndarray:
+    """Per-class additive shift of the log-probabilities maximising macro F1 (coordinate ascent on a
+    grid). argmax(log p + b) is a Bayes decision with adjusted class priors."""
+    logp = np.log(np.clip(probs, 1e-8, 1.0))
+    b = np.zeros(logp.shape[1])
+    best = metrics.macro_f1(y, logp.argmax(1))
+    for _ in range(rounds):
+        moved = False
+        for c in range(logp.shape[1]):
+            for v in BIAS_GRID:
+                if v == b[c]:
+                    continue
+                trial = b.copy()
+                trial[c] = v
+                f = metrics.macro_f1(y, (logp + trial).argmax(1))
+                if f > best + 1e-9:
+                    best, b, moved = f, trial, True
+        if not moved:
+            break
+    return b
+
+
+def apply_bias(probs: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Probabilities with the log-prior shift applied (renormalised), so files stay probabilities."""
+    logp = np.log(np.clip(probs, 1e-8, 1.0)) + bias
+    e = np.exp(logp - logp.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@dataclass
+class FitPlan:
+    weights: np.ndarray
+    bias: np.ndarray
+    oof: dict  # name → OOF summary; 'mean', 'greedy', 'greedy+bias' are cross-fitted (held-out folds)
+    use_bias: bool
+
+
+def fit_blend(probs: np.ndarray, y: np.ndarray, folds: np.ndarray, names: list[str]) -> FitPlan:
+    """Cross-fitted greedy weights and class bias on OOF probabilities (M, N, 18) with labels and folds."""
+    oof = {n: metrics.summarize(y, p.argmax(1)) for n, p in zip(names, probs, strict=True)}
+    mean = probs.mean(0)
+    oof["mean of runs"] = metrics.summarize(y, mean.argmax(1))
+    held_w, held_b = np.zeros(len(y), np.int64), np.zeros(len(y), np.int64)
+    for k in np.unique(folds):
+        fit, test = folds != k, folds == k
+        w = greedy_select(probs[:, fit], y[fit])
+        blend_fit, blend_test = np.tensordot(w, probs[:, fit], 1), np.tensordot(w, probs[:, test], 1)
+        b = tune_bias(blend_fit, y[fit])
+        held_w[test] = blend_test.argmax(1)
+        held_b[test] = apply_bias(blend_test, b).argmax(1)
+    oof["greedy blend (held-out folds)"] = metrics.summarize(y, held_w)
+    oof["greedy + bias (held-out folds)"] = metrics.summarize(y, held_b)
+    weights = greedy_select(probs, y)
+    if oof["greedy blend (held-out folds)"]["f1"] < oof["mean of runs"]["f1"]:
+        weights = np.full(len(probs), 1.0 / len(probs))  # selection fitted noise: fall back to the mean
+    blend = np.tensordot(weights, probs, 1)
+    bias = tune_bias(blend, y)
+    use_bias = oof["greedy + bias (held-out folds)"]["f1"] > oof["greedy blend (held-out folds)"]["f1"]
+    return FitPlan(weights, bias if use_bias else np.zeros_like(bias), oof, use_bias)
+
+
+@dataclass
+class FitResult:
+    out: Path
+    names: list[str]
+    plan: FitPlan
+    scores: dict = field(default_factory=dict)  # leaderboard scores of each run and the blend, with a key
+
+
+def eval_probs(run: Path, data: Path | None, tta: str | None, ckpt: str) -> tuple[Submission, bool]:
+    """The run's eval-set prediction, from `RUN/predictions/` or made now with `comp predict`."""
+    from .config import read_run_config
+    from .predict import predict
+
+    cfg = read_run_config(run)
+    tta = tta or cfg.predict.tta
+    root = Path(data) if data else runs.data_root(cfg)
+    path = run / "predictions" / f"eval-{tta}-{ckpt}.csv"
+    if path.is_file():
+        sub = read_submission(path, need_probs=True)
+        if sub.meta.get("data") == str(root):
+            return sub, False
+    predict([run], path, root, tta, ckpt, force=True)
+    return read_submission(path, need_probs=True), True
+
+
+def fit(run_dirs: list[Path | str], out: Path | str, data: Path | str | None = None, tta: str | None = None,
+        ckpt: str = "best", force: bool = False) -> FitResult:
+    run_dirs = [Path(r) for r in run_dirs]
+    if len(run_dirs) < 1:
+        raise CompError("--fit needs at least one run folder")
+    out = Path(out)
+    refuse_overwrite(out, force, "submission")
+    oofs = [runs.read_oof(r) for r in run_dirs]
+    for r, o in zip(run_dirs[1:], oofs[1:], strict=True):
+        if not (o["image"].equals(oofs[0]["image"]) and o["label"].equals(oofs[0]["label"])
+                and o["fold"].equals(oofs[0]["fold"])):
+            raise CompError(f"{r}: its OOF images, labels or folds differ from {run_dirs[0]}'s; fitted blends need "
+                            "runs on the same data with the same data.folds, data.split_seed and age bins")
+    probs = np.stack([runs.oof_probs(o) for o in oofs]).astype(np.float64)
+    y, folds = oofs[0]["label"].to_numpy(), oofs[0]["fold"].to_numpy()
+    names = [r.name for r in run_dirs]
+    plan = fit_blend(probs, y, folds, names)
+    subs = [eval_probs(r, Path(data) if data else None, tta, ckpt)[0] for r in run_dirs]
+    check_same_ids(subs)
+    subs = [subs[0]] + [s.reorder(subs[0].ids) for s in subs[1:]]
+    blended = apply_bias(np.tensordot(plan.weights, np.stack([s.probs for s in subs]).astype(np.float64), 1),
+                         plan.bias)
+    meta = {"ensemble": "fit", "runs": [str(r) for r in run_dirs], "weights": plan.weights.tolist(),
+            "bias": plan.bias.tolist(), "data": subs[0].meta.get("data"), "tta": subs[0].meta.get("tta"),
+            "oof": plan.oof}
+    write_submission(out, subs[0].ids, blended.argmax(1), blended, meta, force=force)
+    result = FitResult(out, names, plan)
+    t = _truth_for(subs, None)
+    if t is not None:
+        for name, s in zip(names, subs, strict=True):
+            result.scores[name] = _scores(s.ans, s.ids, t)
+        result.scores[out.name] = _scores(blended.argmax(1), subs[0].ids, t)
+    return result
