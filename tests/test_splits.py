@@ -11,7 +11,7 @@ def _people(n, seed=0):
     rng = np.random.default_rng(seed)
     gender = (rng.random(n) < 0.61).astype(int)
     age = rng.choice([20, 45, 65], size=n, p=[0.47, 0.46, 0.07])
-    rows = [(f"{i:06d}", g, a, stem) for i, (g, a) in enumerate(zip(gender, age)) for stem in L.MASK_STEMS]
+    rows = [(f"{i:06d}", g, a, stem) for i, (g, a) in enumerate(zip(gender, age, strict=True)) for stem in L.MASK_STEMS]
     df = pd.DataFrame(rows, columns=["person", "gender_id", "age", "stem"])
     df["age_group"] = L.AgeBins().group(df["age"].to_numpy())
     df["label"] = L.encode(df["stem"].map(L.STEM_TO_MASK), df["gender_id"], df["age_group"])
