@@ -192,7 +192,8 @@ def predict_cmd(
     validate: bool = typer.Option(False, "--validate", help="Score the runs' validation folds with and without TTA instead."),
 ):
     """TTA inference → submission CSV + .probs.npy + .json (or --validate: what TTA buys)."""
-    from .predict import predict, validate as run_validate
+    from .predict import predict
+    from .predict import validate as run_validate
 
     if validate:
         t = Table(title="validation folds, without and with TTA")
@@ -303,6 +304,99 @@ def ensemble_cmd(
     console.print(t)
     if r.scores:
         console.print(_scores_table("answer key", r.scores))
+
+
+# ---------------------------------------------------------------------------- submissions & estimate
+subs_app = _app("The ledger of scored submissions (submissions/ledger.csv).")
+app.add_typer(subs_app, name="submissions")
+LEDGER_DIR = typer.Option(Path("submissions"), "--dir", help="Folder holding the ledger and the CSVs.")
+
+
+@subs_app.command("add")
+def submissions_add(
+    file: Path = typer.Argument(..., help="The CSV you submitted."),
+    public_f1: float = typer.Option(..., "--public-f1", help="Its public leaderboard macro F1."),
+    public_acc: float = typer.Option(None, "--public-acc", help="Its public accuracy in percent, if shown."),
+    note: str = typer.Option("", "--note", help="What it was."),
+    folder: Path = LEDGER_DIR,
+):
+    """Record a scored submission: copies the CSV (+ .probs.npy, .json) and appends a ledger row."""
+    from .ledger import add, read_ledger
+
+    e = add(file, public_f1, public_acc, note, folder)
+    console.print(f"added {e.name} (public F1 {e.public_f1:.4f}) to {folder}/ledger.csv "
+                  f"({len(read_ledger(folder))} submissions)")
+
+
+@subs_app.command("list")
+def submissions_list(
+    folder: Path = LEDGER_DIR,
+    daily_limit: int = typer.Option(10, "--daily-limit", help="Submissions allowed per day (UTC)."),
+):
+    """Scored submissions, best first, and today's slots."""
+    from .ledger import read_ledger, used_today
+
+    entries = read_ledger(folder)
+    t = Table(title=f"{folder}/ledger.csv")
+    for col in ("#", "name", "public F1", "public acc", "time (UTC)", "note"):
+        t.add_column(col, justify="right" if col in ("#", "public F1", "public acc") else "left")
+    for i, e in enumerate(sorted(entries, key=lambda e: -e.public_f1), start=1):
+        t.add_row(str(i), e.name, f"{e.public_f1:.4f}", "" if e.public_acc is None else f"{e.public_acc:.2f}%",
+                  e.time.replace("+00:00", ""), e.note)
+    console.print(t)
+    used = used_today(entries)
+    console.print(f"slots used today: {used} of {daily_limit}" + (" — none left" if used >= daily_limit else ""))
+
+
+@app.command("estimate")
+def estimate_cmd(
+    new: Path = typer.Argument(..., help="The CSV to estimate (its .probs.npy / .json are used when present)."),
+    ref: list[Path] = typer.Option(None, "--ref", help="A scored submission (repeatable; default: the ledger's)."),
+    ref_f1: list[float] = typer.Option(None, "--ref-f1", help="Public F1 of each --ref, in order."),
+    ref_acc: list[float] = typer.Option(None, "--ref-acc", help="Public accuracy (percent) of each --ref, in order."),
+    folder: Path = LEDGER_DIR,
+    data: Path = typer.Option(None, "--data", help="Dataset root for the train class shares (default: from the JSON)."),
+    truth: Path = typer.Option(None, "--truth", help="Answer key, to print the true score beside the estimate."),
+    samples: int = typer.Option(2000, "--samples", help="Label draws (more: smoother interval)."),
+    json_: bool = typer.Option(False, "--json", help="Print only the JSON result."),
+):
+    """Estimate a CSV's public leaderboard F1 and accuracy from scored references, before submitting it."""
+    import json
+
+    from .estimate import estimate_file, score_against
+
+    e = estimate_file(new, ref, ref_f1, ref_acc, folder if not ref else None, data, samples)
+    if json_:
+        print(json.dumps(e.as_json()))
+        return
+    t = Table(title=f"estimate for {new.name}", show_header=False)
+    t.add_row("public macro F1", f"[bold]{e.f1:.4f}[/]  (90% interval {e.f1_interval[0]:.4f} – {e.f1_interval[1]:.4f})")
+    t.add_row("public accuracy", f"{e.accuracy:.2f}%  (90% interval {e.accuracy_interval[0]:.2f} – "
+              f"{e.accuracy_interval[1]:.2f}%)")
+    if truth is not None:
+        from .submission import read_submission
+
+        s = score_against(read_submission(new), truth)
+        t.add_row("true score (answer key)", f"public F1 {s['public']['f1']:.4f}, accuracy {s['public']['acc']:.2f}%")
+    console.print(t)
+    a = Table(title="agreement with the references")
+    for col in ("reference", "all", "mask", "gender", "age"):
+        a.add_column(col, justify="left" if col == "reference" else "right")
+    for g in e.agreement:
+        a.add_row(g.name, f"{g.overall:.1%}", *(f"{g.heads[h]:.1%}" for h in ("mask", "gender", "age")))
+    console.print(a)
+    if e.class_changes:
+        c = Table(title=f"classes where it differs most from {e.best_ref}")
+        for col in ("class", e.best_ref, new.name, "rows changed"):
+            c.add_column(col, justify="left" if col == "class" else "right")
+        for row in e.class_changes[:6]:
+            c.add_row(row["class"], str(row["ref"]), str(row["new"]), str(row["rows_changed"]))
+        console.print(c)
+    for line in e.evidence:
+        console.print(f"[dim]evidence: {line}[/]", highlight=False)
+    for w in e.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    console.print(f"P(beats the best reference {e.best_ref}, {e.best_ref_f1:.4f}) = [bold]{e.p_better:.0%}[/]")
 
 
 def main() -> None:

@@ -1,0 +1,381 @@
+"""`comp estimate`: the leaderboard macro F1 of a CSV before a submission slot is spent on it.
+
+Method
+------
+The eval labels are unknown; every leaderboard score we hold is evidence about them. We build a posterior
+q_i(c) over the true class of each eval image i as a product of evidence terms (Dawid–Skene style: the
+sources are taken as independent given the true class), starting from the class prior π (train shares):
+
+    log q_i(c) = log π(c) + Σ_s E_s(i, c; θ_s) + const
+
+Each source s contributes one term with one parameter θ_s:
+- a reference with probabilities:  E = θ · log(p_i(c) / π(c))       (a tempered likelihood ratio)
+- a reference with answers only:   E = θ · #heads of c equal to the answer's (mask, gender, age)
+                                   (errors mostly sit in one head, so near classes keep some mass)
+- NEW, when its JSON names runs with out-of-fold predictions: the same forms, with θ fitted on those
+  labelled OOF predictions by maximum likelihood (temperature scaling) — how often NEW's model is right,
+  class by class, which agreement alone cannot tell. Without them NEW is not a source: a CSV cannot vouch
+  for itself.
+
+Anchoring: each reference's θ is solved (bisection, a few Gauss–Seidel rounds) so that its expected macro
+F1 under q — per-class expected TP/FP/FN — equals its known public F1.
+
+Then S label vectors are drawn from q together with random public halves, and on each draw we take the
+difference D_j = F1(NEW) − F1(ref_j) on that half. The estimate is Σ_j a_j (F1_known_j + D_j), with a the
+minimum-variance combination of the references (a = C⁻¹1 / 1ᵀC⁻¹1, C the covariance of the D_j): a
+reference close to NEW has a small-variance difference and dominates, NEW == ref_j returns F1_known_j
+exactly, and another reference can only lower the variance. The 90 % interval and P(NEW beats the best
+reference) come from the same draws, so they include the unknown public split. Accuracy likewise.
+
+Assumptions: eval images are exchangeable with train images (same class shares), the public half is a
+random half, sources err independently given the true class (models of one family err together, which
+makes q too sure where they agree; anchoring on the known scores absorbs part of it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics
+from .data import labels as L
+from .errors import CompError
+from .submission import Submission, check_same_ids, read_submission
+
+N = L.N_CLASSES
+_EYE = np.eye(N)
+_HEAD_MATCH = sum((L.decode_heads(np.arange(N))[h][:, None] == L.decode_heads(np.arange(N))[h][None, :]).astype(float)
+                  for h in L.HEADS)  # (18, 18): heads two classes share
+
+
+@dataclass
+class Reference:
+    sub: Submission
+    f1: float  # known public macro F1
+    acc: float | None = None  # known public accuracy, percent
+    name: str = ""
+
+
+@dataclass
+class Source:
+    """One evidence term: `evidence(theta)` → (N_images, 18) log-likelihood contribution."""
+    kind: str  # "probs" or "answers"
+    data: np.ndarray  # log(p/π) (N, 18) for probs; head-match counts (N, 18) for answers
+    theta: float = 1.0
+
+    def evidence(self, theta: float | None = None) -> np.ndarray:
+        return (self.theta if theta is None else theta) * self.data
+
+
+def make_source(sub_probs: np.ndarray | None, ans: np.ndarray, prior: np.ndarray) -> Source:
+    if sub_probs is not None:
+        return Source("probs", np.log(np.clip(sub_probs, 1e-6, 1.0)) - np.log(prior))
+    return Source("answers", _HEAD_MATCH[ans])
+
+
+def posterior(prior: np.ndarray, sources: list[Source], n: int) -> np.ndarray:
+    logq = np.broadcast_to(np.log(prior), (n, N)).copy()
+    for s in sources:
+        logq += s.evidence()
+    logq -= logq.max(1, keepdims=True)
+    q = np.exp(logq)
+    return q / q.sum(1, keepdims=True)
+
+
+def expected_f1(q: np.ndarray, ans: np.ndarray) -> float:
+    """Macro F1 of `ans` with expected per-class TP/FP/FN under label distribution q."""
+    onehot = _EYE[ans]
+    tp = (q * onehot).sum(0)
+    pred, true = onehot.sum(0), q.sum(0)
+    denom = pred + true  # = 2TP + FP + FN
+    present = (pred > 0) | (true > 0.5)
+    return float((2 * tp[present] / np.maximum(denom[present], 1e-12)).mean())
+
+
+THETA_RANGE = {"probs": (0.0, 8.0), "answers": (-2.0, 12.0)}
+
+
+def _f1_gap(base: np.ndarray, src: Source, theta: float, ref: Reference) -> float:
+    """Expected F1 of the reference under q = softmax(base + src's evidence at θ), minus its known F1."""
+    logq = base + src.evidence(theta)
+    q = np.exp(logq - logq.max(1, keepdims=True))
+    return expected_f1(q / q.sum(1, keepdims=True), ref.sub.ans) - ref.f1
+
+
+def anchor(prior: np.ndarray, refs: list[Reference], sources: list[Source], new: Source | None = None,
+           new_ratio: float = 1.0, rounds: int = 4) -> list[str]:
+    """Solves each reference's θ so its expected F1 under q matches its known F1. NEW's θ, when NEW is a
+    source, follows the references' mean θ times `new_ratio`. Returns warnings."""
+    n = len(refs[0].sub)
+    warnings = []
+    for r in range(rounds):
+        for j, (ref, src) in enumerate(zip(refs, sources, strict=True)):
+            others = [s for k, s in enumerate(sources) if k != j] + ([new] if new is not None else [])
+            base = np.log(prior) + sum((s.evidence() for s in others), np.zeros((n, N)))
+
+            lo, hi = THETA_RANGE[src.kind]
+            f_lo, f_hi = (_f1_gap(base, src, t, ref) for t in (lo, hi))
+            if f_hi < 0 or f_lo > 0:
+                src.theta = hi if f_hi < 0 else lo
+                if r == rounds - 1:
+                    warnings.append(f"{ref.name}: its known F1 {ref.f1:.4f} is out of reach of the model "
+                                    f"(θ clamped at {src.theta:g}); its estimate may be off")
+            else:
+                for _ in range(40):
+                    mid = (lo + hi) / 2
+                    lo, hi = (mid, hi) if _f1_gap(base, src, mid, ref) < 0 else (lo, mid)
+                src.theta = (lo + hi) / 2
+            if new is not None:
+                new.theta = new_ratio * float(np.mean([s.theta for s in sources]))
+    return warnings
+
+
+def fit_temperature(source: Source, prior: np.ndarray, y: np.ndarray) -> float:
+    """θ maximising the likelihood of true labels y under q ∝ π·exp(θ·data) (temperature scaling)."""
+    def nll(theta: float) -> float:
+        logq = np.log(prior) + theta * source.data
+        logq -= logq.max(1, keepdims=True)
+        return float(-(logq[np.arange(len(y)), y] - np.log(np.exp(logq).sum(1))).mean())
+
+    lo, hi = THETA_RANGE[source.kind]
+    g = (np.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    for _ in range(60):  # golden-section search; the NLL is convex in θ
+        c, d = b - g * (b - a), a + g * (b - a)
+        a, b = (a, d) if nll(c) < nll(d) else (c, b)
+    return (a + b) / 2
+
+
+# ------------------------------------------------------------------------------------------ sampling
+def sample_labels(q: np.ndarray, s: int, rng: np.random.Generator, chunk: int = 200) -> np.ndarray:
+    """(s, N_images) label draws from the per-image distributions q."""
+    cum = np.cumsum(q, 1)
+    cum[:, -1] = 1.0
+    out = np.empty((s, len(q)), np.int8)
+    for a in range(0, s, chunk):
+        u = rng.random((min(chunk, s - a), len(q), 1))
+        out[a:a + chunk] = (u > cum[None]).sum(2)
+    return out
+
+
+def f1_batch(y: np.ndarray, ans: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Macro F1 of `ans` against each row of y (s, n), on the images where mask (s, n) is True."""
+    s = len(y)
+    idx = (np.arange(s)[:, None] * N * N + y.astype(np.int64) * N + ans[None, :])[mask]
+    cm = np.bincount(idx, minlength=s * N * N).reshape(s, N, N)
+    tp = np.diagonal(cm, axis1=1, axis2=2).astype(float)
+    denom = cm.sum(1) + cm.sum(2)
+    present = denom > 0
+    f1 = np.where(present, 2 * tp / np.maximum(denom, 1), 0.0)
+    return f1.sum(1) / np.maximum(present.sum(1), 1)
+
+
+def acc_batch(y: np.ndarray, ans: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return 100.0 * ((y == ans[None, :]) & mask).sum(1) / np.maximum(mask.sum(1), 1)
+
+
+def combine(d: np.ndarray, ridge: float = 1e-9) -> np.ndarray:
+    """Minimum-variance weights (sum 1) for estimates whose errors have the columns of d (s, m)."""
+    m = d.shape[1]
+    if m == 1:
+        return np.ones(1)
+    c = np.cov(d, rowvar=False) + ridge * np.eye(m)
+    w = np.linalg.solve(c, np.ones(m))
+    return w / w.sum()
+
+
+# ------------------------------------------------------------------------------------------- results
+@dataclass
+class Agreement:
+    name: str
+    overall: float
+    heads: dict[str, float]
+
+
+@dataclass
+class Estimate:
+    f1: float
+    f1_interval: tuple[float, float]
+    accuracy: float
+    accuracy_interval: tuple[float, float]
+    p_better: float
+    best_ref: str
+    best_ref_f1: float
+    agreement: list[Agreement] = field(default_factory=list)
+    class_changes: list[dict] = field(default_factory=list)  # vs the best reference, most changed first
+    evidence: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        r = lambda x: round(float(x), 4)  # noqa: E731
+        return {"f1": r(self.f1), "f1_interval": [r(v) for v in self.f1_interval], "accuracy": r(self.accuracy),
+                "accuracy_interval": [r(v) for v in self.accuracy_interval], "p_better": r(self.p_better)}
+
+
+def _agreement(new: Submission, ref: Reference) -> Agreement:
+    a, b = L.decode_heads(new.ans), L.decode_heads(ref.sub.ans)
+    return Agreement(ref.name, float((new.ans == ref.sub.ans).mean()), {h: float((a[h] == b[h]).mean()) for h in L.HEADS})
+
+
+def _class_changes(new: Submission, ref: Submission) -> list[dict]:
+    names = L.class_names()
+    nc, rc = np.bincount(new.ans, minlength=N), np.bincount(ref.ans, minlength=N)
+    diff = new.ans != ref.ans
+    involved = np.bincount(new.ans[diff], minlength=N) + np.bincount(ref.ans[diff], minlength=N)
+    order = np.argsort(-involved, kind="stable")
+    return [{"class": names[c], "ref": int(rc[c]), "new": int(nc[c]), "rows_changed": int(involved[c])}
+            for c in order if involved[c] > 0]
+
+
+@dataclass
+class Calibration:
+    """NEW's labelled evidence: out-of-fold probabilities (or answers) of the model(s) that made it."""
+    probs: np.ndarray | None
+    ans: np.ndarray
+    y: np.ndarray
+    note: str
+
+
+def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = None,
+             calibration: Calibration | None = None, samples: int = 2000, seed: int = 0,
+             use_ref_probs: bool = True, ref_calibrations: list[Calibration | None] | None = None) -> Estimate:
+    if not refs:
+        raise CompError("no reference: give --ref REF.csv --ref-f1 F, or add scored submissions with "
+                        "`comp submissions add`")
+    check_same_ids([new] + [r.sub for r in refs])
+    refs = [Reference(r.sub.reorder(new.ids), r.f1, r.acc, r.name or r.sub.path.name) for r in refs]
+    n = len(new)
+    evidence = []
+    if prior is None:
+        prior = np.mean([np.bincount(r.sub.ans, minlength=N) for r in refs], 0) / n
+        evidence.append("class prior: the references' predicted shares (no train data found)")
+    prior = np.maximum(np.asarray(prior, float), 1e-4)
+    prior /= prior.sum()
+    # One kind of evidence for all: probabilities when NEW and every reference have them, else answers.
+    use_probs = use_ref_probs and new.probs is not None and all(r.sub.probs is not None for r in refs)
+    sources = [make_source(r.sub.probs if use_probs else None, r.sub.ans, prior) for r in refs]
+    for r in refs:
+        evidence.append(f"reference {r.name}: public F1 {r.f1:.4f}, {'probabilities' if use_probs else 'answers'}")
+    # NEW is a source as reliable as the references are on average (their anchored θ), unless out-of-fold
+    # predictions of NEW's model and of theirs say how much more or less sure NEW should be taken.
+    new_src = make_source(new.probs if use_probs else None, new.ans, prior)
+    ratio = 1.0
+    if calibration is not None and ref_calibrations and all(c is not None for c in ref_calibrations):
+        t_new = fit_temperature(make_source(calibration.probs if use_probs else None, calibration.ans, prior),
+                                prior, calibration.y)
+        t_refs = [fit_temperature(make_source(c.probs if use_probs else None, c.ans, prior), prior, c.y)
+                  for c in ref_calibrations]
+        ratio = t_new / max(float(np.mean(t_refs)), 1e-6)
+        evidence.append(f"out-of-fold predictions of NEW's and the references' runs: NEW taken {ratio:.2f}x "
+                        f"as sure as the references ({calibration.note})")
+    else:
+        evidence.append("NEW taken to be as reliable as the references (no out-of-fold predictions to say otherwise)")
+    extra = [new_src]
+    warnings = anchor(prior, refs, sources, new_src, ratio)
+    q = posterior(prior, sources + extra, n)
+
+    rng = np.random.default_rng(seed)
+    y = sample_labels(q, samples, rng)
+    public = rng.random((samples, n)) < 0.5
+    f1_new = f1_batch(y, new.ans, public)
+    d = np.stack([f1_new - f1_batch(y, r.sub.ans, public) for r in refs], 1)
+    same = [j for j, r in enumerate(refs) if np.array_equal(r.sub.ans, new.ans)]
+    a = np.eye(len(refs))[same[0]] if same else combine(d)
+    f1_draws = np.array([r.f1 for r in refs]) @ a + d @ a
+    acc_new = acc_batch(y, new.ans, public)
+    known_acc = [j for j, r in enumerate(refs) if r.acc is not None]
+    if known_acc:
+        da = np.stack([acc_new - acc_batch(y, refs[j].sub.ans, public) for j in known_acc], 1)
+        sub_same = [k for k, j in enumerate(known_acc) if j in same]
+        b = np.eye(len(known_acc))[sub_same[0]] if sub_same else combine(da)
+        acc_draws = np.array([refs[j].acc for j in known_acc]) @ b + da @ b
+    else:
+        acc_draws = acc_new
+    best = int(np.argmax([r.f1 for r in refs]))
+    return Estimate(
+        f1=float(f1_draws.mean()), f1_interval=tuple(np.quantile(f1_draws, [0.05, 0.95]).tolist()),
+        accuracy=float(acc_draws.mean()), accuracy_interval=tuple(np.quantile(acc_draws, [0.05, 0.95]).tolist()),
+        p_better=float((f1_draws > refs[best].f1 + 1e-12).mean()), best_ref=refs[best].name,
+        best_ref_f1=refs[best].f1, agreement=[_agreement(new, r) for r in refs],
+        class_changes=_class_changes(new, refs[best].sub), evidence=evidence, warnings=warnings)
+
+
+# ------------------------------------------------------------------------- evidence from the project
+def train_prior(data_root: Path | str | None) -> np.ndarray | None:
+    """Class shares of the train set under `data_root`, or None when it cannot be read."""
+    from .data.reader import load_train
+
+    if not data_root or not (Path(data_root) / "train" / "train.csv").is_file():
+        return None
+    try:
+        y = load_train(data_root)["label"].to_numpy()
+    except CompError:
+        return None
+    return np.bincount(y, minlength=N) / len(y)
+
+
+def calibration_for(sub: Submission) -> Calibration | None:
+    """OOF evidence for a CSV made by `comp predict` / `comp ensemble --fit` from k-fold runs: the same
+    blend of the runs' out-of-fold probabilities, with their labels."""
+    from . import runs as R
+    from .ensemble import apply_bias
+
+    run_dirs = sub.meta.get("runs") or []
+    if not run_dirs:
+        return None
+    try:
+        oofs = [R.read_oof(r) for r in run_dirs]
+    except CompError:
+        return None
+    if any(not o["image"].equals(oofs[0]["image"]) for o in oofs):
+        return None
+    w = np.asarray(sub.meta.get("weights") or np.ones(len(oofs)), float)
+    probs = np.tensordot(w / w.sum(), np.stack([R.oof_probs(o) for o in oofs]).astype(float), 1)
+    if sub.meta.get("bias"):
+        probs = apply_bias(probs, np.asarray(sub.meta["bias"], float))
+    y = oofs[0]["label"].to_numpy()
+    use_probs = sub.probs is not None
+    return Calibration(probs if use_probs else None, probs.argmax(1), y,
+                       f"{len(y)} OOF images of {', '.join(Path(r).name for r in run_dirs)}")
+
+
+def load_references(ref_paths: list[Path], ref_f1: list[float], ref_acc: list[float] | None,
+                    ledger_dir: Path | None) -> list[Reference]:
+    """--ref/--ref-f1/--ref-acc triples, or every scored submission of the ledger."""
+    from .ledger import read_ledger
+
+    if ref_paths:
+        if len(ref_f1) != len(ref_paths):
+            raise CompError(f"{len(ref_paths)} --ref but {len(ref_f1)} --ref-f1: give one score per reference")
+        if ref_acc and len(ref_acc) != len(ref_paths):
+            raise CompError("--ref-acc: give one per --ref, or none")
+        accs = ref_acc or [None] * len(ref_paths)
+        return [Reference(read_submission(p), f, a, Path(p).name) for p, f, a in zip(ref_paths, ref_f1, accs, strict=True)]
+    folder = ledger_dir or Path("submissions")
+    entries = read_ledger(folder)
+    if not entries:
+        raise CompError(f"{folder}/ledger.csv has no scored submission; give --ref REF.csv --ref-f1 F")
+    return [Reference(read_submission(e.path(folder)), e.public_f1, e.public_acc, e.name) for e in entries]
+
+
+def estimate_file(new_path: Path | str, ref_paths: list[Path] | None = None, ref_f1: list[float] | None = None,
+                  ref_acc: list[float] | None = None, ledger_dir: Path | None = None, data: Path | None = None,
+                  samples: int = 2000, seed: int = 0) -> Estimate:
+    new = read_submission(new_path)
+    refs = load_references(list(ref_paths or []), list(ref_f1 or []), ref_acc, ledger_dir)
+    root = data or new.meta.get("data") or next((r.sub.meta.get("data") for r in refs if r.sub.meta.get("data")), None)
+    prior = train_prior(root)
+    est = estimate(new, refs, prior, calibration_for(new), samples, seed,
+                   ref_calibrations=[calibration_for(r.sub) for r in refs])
+    if prior is not None:
+        est.evidence.insert(0, f"class prior: train shares of {root}")
+    return est
+
+
+def score_against(sub: Submission, truth_path: Path | str) -> dict:
+    """True public/private scores (for synthetic sets and benchmarks)."""
+    import pandas as pd
+
+    t = pd.read_csv(truth_path, dtype={"ImageID": str}).set_index("ImageID").loc[sub.ids]
+    return metrics.leaderboard(sub.ans, t["ans"].to_numpy(), t["Usage"].to_numpy())

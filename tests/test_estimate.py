@@ -1,0 +1,156 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from comp import metrics
+from comp.cli import app
+from comp.errors import CompError
+from comp.estimate import Reference, estimate
+from comp.ledger import add, read_ledger, used_today
+from comp.submission import Submission, write_submission
+
+runner = CliRunner()
+
+
+def _write(path, ids, ans, probs=None):
+    return write_submission(path, ids, ans, probs, force=True)
+
+
+def _world(seed=0, n=2000):
+    """True labels, a random public half, and calibrated models of several strengths (the estimator's
+    assumptions hold: each model's probabilities are its exact posterior given an independent signal)."""
+    rng = np.random.default_rng(seed)
+    prior = np.r_[np.full(6, 0.12), np.full(12, 0.28 / 12)]
+    prior /= prior.sum()
+    y = rng.choice(18, n, p=prior)
+    public = rng.random(n) < 0.5
+
+    def model(strength):
+        signal = rng.normal(0, 1, (n, 18))
+        signal[np.arange(n), y] += strength
+        logp = np.log(prior) + strength * signal  # Bayes posterior of a Gaussian signal
+        p = np.exp(logp - logp.max(1, keepdims=True))
+        return p / p.sum(1, keepdims=True)
+
+    return y, public, prior, model
+
+
+def _sub(p, n):
+    return Submission(Path("x.csv"), np.array([f"i{k}" for k in range(n)], dtype=object), p.argmax(1), p)
+
+
+def test_exact_when_new_is_the_reference(tmp_path):
+    y, public, prior, model = _world()
+    p = model(1.5)
+    ref = _sub(p, len(y))
+    e = estimate(ref, [Reference(ref, 0.5123, 61.5, "ref")], prior, samples=300)
+    assert e.f1 == pytest.approx(0.5123, abs=1e-12) and e.f1_interval == pytest.approx((0.5123, 0.5123))
+    assert e.accuracy == pytest.approx(61.5) and e.p_better == 0.0
+    # also with a second, different reference in play
+    other = _sub(model(1.0), len(y))
+    e2 = estimate(ref, [Reference(other, 0.40, None, "o"), Reference(ref, 0.5123, None, "ref")], prior, samples=300)
+    assert e2.f1 == pytest.approx(0.5123, abs=1e-12)
+
+
+def test_estimate_lands_near_the_true_score_on_simulated_labels():
+    errors, covered = [], 0
+    for seed in range(6):
+        y, public, prior, model = _world(seed)
+        ref_p, new_p = model(1.4 + 0.1 * seed), model(1.2 + 0.15 * seed)
+        def truth(p, y=y, public=public):
+            return metrics.macro_f1(y[public], p.argmax(1)[public])
+        ref = Reference(_sub(ref_p, len(y)), truth(ref_p), None, "ref")
+        e = estimate(_sub(new_p, len(y)), [ref], prior, samples=800, seed=seed)
+        errors.append(e.f1 - truth(new_p))
+        covered += e.f1_interval[0] <= truth(new_p) <= e.f1_interval[1]
+    assert np.abs(errors).mean() < 0.03, errors
+    assert covered >= 4
+
+
+def test_bad_csvs_give_clear_errors(tmp_path):
+    ids = [f"i{k}" for k in range(5)]
+    good = _write(tmp_path / "good.csv", ids, [0, 1, 2, 3, 4])
+    cases = {
+        "cols.csv": ("ImageID,label\ni0,1\n", "exactly ImageID,ans"),
+        "range.csv": ("ImageID,ans\n" + "".join(f"{i},{v}\n" for i, v in zip(ids, [0, 1, 2, 3, 18], strict=True)), "not a class 0-17"),
+        "text.csv": ("ImageID,ans\n" + "".join(f"{i},x\n" for i in ids), "not a class 0-17"),
+        "dup.csv": ("ImageID,ans\n" + "".join(f"{i},1\n" for i in ids + ["i0"]), "more than once"),
+        "ids.csv": ("ImageID,ans\n" + "".join(f"{i},1\n" for i in ids[:4] + ["zz"]), "1 missing"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        for argv in (["estimate", str(tmp_path / name), "--ref", str(good), "--ref-f1", "0.5"],
+                     ["estimate", str(good), "--ref", str(tmp_path / name), "--ref-f1", "0.5"]):
+            result = runner.invoke(app, argv)
+            assert result.exit_code == 2, (name, result.output)
+            assert message in result.output.replace("\n", " "), (name, result.output)
+    result = runner.invoke(app, ["estimate", str(good), "--ref", str(good)])
+    assert result.exit_code == 2 and "--ref-f1" in result.output
+
+
+def test_json_output(tmp_path):
+    y, public, prior, model = _world(n=400)
+    ids = [f"i{k}" for k in range(len(y))]
+    a, b = model(1.5), model(1.2)
+    ref = _write(tmp_path / "ref.csv", ids, a.argmax(1), a)
+    new = _write(tmp_path / "new.csv", ids, b.argmax(1), b)
+    result = runner.invoke(app, ["estimate", str(new), "--ref", str(ref), "--ref-f1", "0.55", "--ref-acc", "70",
+                                 "--samples", "200", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert set(out) == {"f1", "f1_interval", "accuracy", "accuracy_interval", "p_better"}
+    assert out["f1_interval"][0] <= out["f1"] <= out["f1_interval"][1] and 0 <= out["p_better"] <= 1
+    assert 0 <= out["accuracy"] <= 100
+
+
+def test_ledger_add_list_and_estimate_from_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ids = [f"i{k}" for k in range(50)]
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(18), 50).astype(np.float32)
+    _write(tmp_path / "out" / "a.csv", ids, p.argmax(1), p)
+    r = runner.invoke(app, ["submissions", "add", "out/a.csv", "--public-f1", "0.61", "--public-acc", "70.5",
+                            "--note", "first"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "submissions" / "a.csv").is_file() and (tmp_path / "submissions" / "a.probs.npy").is_file()
+    (e,) = read_ledger(tmp_path / "submissions")
+    assert e.name == "a.csv" and e.public_f1 == 0.61 and e.public_acc == 70.5 and len(e.sha256) == 64
+    listing = runner.invoke(app, ["submissions", "list", "--daily-limit", "5"])
+    assert "a.csv" in listing.output and "1 of 5" in listing.output
+    est = runner.invoke(app, ["estimate", "out/a.csv", "--json", "--samples", "100"])  # the ledger is the reference
+    assert est.exit_code == 0 and json.loads(est.stdout)["f1"] == pytest.approx(0.61)
+    assert runner.invoke(app, ["submissions", "add", "out/a.csv", "--public-f1", "1.5"]).exit_code == 2
+    assert used_today(read_ledger(tmp_path / "submissions")) == 1
+
+
+def test_ledger_survives_a_crash_mid_write(tmp_path, monkeypatch):
+    folder = tmp_path / "submissions"
+    ids = ["a", "b"]
+    _write(tmp_path / "one.csv", ids, [0, 1])
+    _write(tmp_path / "two.csv", ids, [1, 0])
+    add(tmp_path / "one.csv", 0.5, folder=folder)
+    before = (folder / "ledger.csv").read_bytes()
+    real = os.replace
+
+    def crash(src, dst):
+        if str(dst).endswith("ledger.csv"):
+            raise OSError("disk died")
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        add(tmp_path / "two.csv", 0.6, folder=folder)
+    monkeypatch.setattr(os, "replace", real)
+    assert (folder / "ledger.csv").read_bytes() == before
+    assert [e.name for e in read_ledger(folder)] == ["one.csv"]
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_ledger_refuses_a_bad_csv(tmp_path):
+    (tmp_path / "bad.csv").write_text("ImageID,ans\na,99\n")
+    with pytest.raises(CompError, match="not a class"):
+        add(tmp_path / "bad.csv", 0.5, folder=tmp_path / "s")
+    assert not (tmp_path / "s" / "ledger.csv").exists()
