@@ -28,6 +28,8 @@ class DataConfig:
     young_below: int = 30
     old_from: int = 60  # teams tried 58
     relabel: str | None = None  # CSV of label fixes (see `comp data check --help`)
+    crop: str | None = None  # face/person crop before resizing: a detector name (mtcnn | haar | yolo)
+    crop_margin: float = 0.3  # box enlarged by this share of its size on each side
     cache: str = "disk"  # disk (memmap, reused across runs) | memory | none (decode every epoch)
     cache_dir: str | None = None  # default $COMP_CACHE_DIR or ~/.cache/comp
     workers: int = 2  # DataLoader worker processes

@@ -249,7 +249,7 @@ def eval_probs(run: Path, data: Path | None, tta: str | None, ckpt: str) -> tupl
 
     cfg = read_run_config(run)
     tta = tta or cfg.predict.tta
-    root = Path(data) if data else runs.data_root(cfg)
+    root = Path(data) if data else Path(cfg.data.root)
     path = run / "predictions" / f"eval-{tta}-{ckpt}.csv"
     if path.is_file():
         sub = read_submission(path, need_probs=True)

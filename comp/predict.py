@@ -68,12 +68,14 @@ def predict(run_dirs: list[Path | str], out: Path | str, data: Path | str | None
     tta = tta or cfgs[0].predict.tta
     if tta not in TTA_VIEWS:
         raise CompError(f"--tta {tta}: choose one of {', '.join(TTA_VIEWS)}")
-    root = Path(data) if data else runs.data_root(cfgs[0])
-    ev = runs.eval_frame(cfgs[0], root)  # every info.csv image must exist before any work
+    root = Path(data) if data else Path(cfgs[0].data.root)
+    # every info.csv image must exist before any work; a run with data.crop reads the cropped copy
+    evals = [runs.eval_frame(c, root) for c in cfgs]
+    ev = evals[0]
     accelerator = _accelerator(cfgs)
     t0 = time.time()
-    probs = np.mean([run_views(r, c, ev["path"].tolist(), tta, ckpt, accelerator).mean(0)
-                     for r, c in zip(run_dirs, cfgs, strict=True)], axis=0)
+    probs = np.mean([run_views(r, c, e["path"].tolist(), tta, ckpt, accelerator).mean(0)
+                     for r, c, e in zip(run_dirs, cfgs, evals, strict=True)], axis=0)
     seconds = time.time() - t0
     n_models = sum(len(runs.trained_folds(r)) for r in run_dirs)
     meta = {"runs": [str(r) for r in run_dirs], "data": str(root), "ckpt": ckpt, "tta": tta,

@@ -35,8 +35,15 @@ def bins_of(cfg: Config) -> L.AgeBins:
     return L.AgeBins(cfg.data.young_below, cfg.data.old_from)
 
 
-def data_root(cfg: Config) -> Path:
-    return Path(cfg.data.root)
+def data_root(cfg: Config, root: Path | str | None = None) -> Path:
+    """The dataset root a run reads: `root` (default data.root), or its cropped copy when data.crop names a
+    detector (made on first use, resumable), so train and predict crop the same way."""
+    root = Path(root if root is not None else cfg.data.root)
+    if cfg.data.crop:
+        from .data.crop import cropped_root
+
+        return cropped_root(root, cfg.data.crop, cfg.data.crop_margin)
+    return root
 
 
 def train_frame(cfg: Config) -> pd.DataFrame:
@@ -46,7 +53,7 @@ def train_frame(cfg: Config) -> pd.DataFrame:
 
 
 def eval_frame(cfg: Config, root: Path | str | None = None) -> pd.DataFrame:
-    return load_eval(Path(root) if root is not None else data_root(cfg))
+    return load_eval(data_root(cfg, root))
 
 
 def image_loader(cfg: Config, paths: list[str], labels=None, batch_size: int | None = None, desc: str = "caching"):
