@@ -132,6 +132,33 @@ def _head_table(heads, bins: L.AgeBins) -> Table:
     return t
 
 
+@data_app.command("crop")
+def data_crop(
+    root: Path = typer.Argument(..., help="Dataset root holding train/ and eval/."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the cropped copy (same layout + crops.csv)."),
+    detector: str = typer.Option("mtcnn", "--detector", "-d", help="mtcnn | haar (weights shipped) | yolo (--weights)."),
+    margin: float = typer.Option(0.3, "--margin", help="Share of the face size added on each side."),
+    size: str = typer.Option(None, "--size", help="Resize crops to WIDTHxHEIGHT (default: keep their pixels, 3:4)."),
+    weights: Path = typer.Option(None, "--weights", help="Weights file of --detector yolo."),
+):
+    """Crop every image to its face (misses fall back to the person's or a prior box); resumable."""
+    from .data.crop import crop_dataset
+
+    r = crop_dataset(root, out, detector, margin, _size(size) if size else None, weights)
+    t = Table(title=f"{r.detector} crops → {r.out}")
+    for col in ("mask", "images", "detected", "rate", "fallback person", "fallback prior", "whole image"):
+        t.add_column(col, justify="left" if col == "mask" else "right")
+    for mask, row in r.rates().iterrows():
+        n = {k: str(int(row[k])) for k in ("images", "detected", "person", "prior", "image")}
+        t.add_row(str(mask), n["images"], n["detected"], f"{row['rate']:.1%}", n["person"], n["prior"], n["image"],
+                  style="bold" if mask == "all" else None)
+    console.print(t)
+    if r.processed:
+        console.print(f"detected {r.processed} images in {r.seconds:.1f}s ({r.images_per_s:.1f} images/s)")
+    else:
+        console.print("nothing to do: the copy was already complete")
+
+
 # --------------------------------------------------------------------------------------------- train
 def _parse_folds(fold: int | None, folds: str | None, n: int) -> list[int] | None:
     if fold is not None and folds is not None:
@@ -397,6 +424,60 @@ def estimate_cmd(
     for w in e.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     console.print(f"P(beats the best reference {e.best_ref}, {e.best_ref_f1:.4f}) = [bold]{e.p_better:.0%}[/]")
+
+
+# -------------------------------------------------------------------------------- explain & report
+@app.command("explain")
+def explain_cmd(
+    run: Path = typer.Argument(..., help="Run folder from `comp train`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG grids."),
+    data: Path = typer.Option(None, "--data", help="Dataset root (default: the run's data.root)."),
+    eval_: bool = typer.Option(False, "--eval", help="Explain eval images (no truth) instead of validation ones."),
+    images: list[Path] = typer.Option(None, "--images", help="Image file or folder to explain (repeatable)."),
+    sample: int = typer.Option(16, "--sample", help="How many validation / eval images (a seeded sample)."),
+    head: str = typer.Option(None, "--head", help="mask | gender | age: explain that head's decision (default: the class)."),
+    layer: str = typer.Option(None, "--layer", help="Target layer as a dotted module name, e.g. layer4.1 (default: found)."),
+    fold: int = typer.Option(None, "--fold", help="Which fold's model (default: the first trained)."),
+    ckpt: str = typer.Option("best", "--ckpt", help="best | last checkpoint."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing non-empty OUT."),
+):
+    """Grad-CAM overlays as PNG grids: where the model looks, with true and predicted labels per image."""
+    from .explain import explain
+
+    r = explain(run, out, data, images, eval_, sample, head, layer, fold, ckpt, seed, force)
+    t = Table(title=f"Grad-CAM of {run.name} → {r.out}", show_header=False)
+    t.add_row("images", f"{r.images} ({r.source})")
+    t.add_row("decision", r.decision)
+    t.add_row("target layer", r.layer)
+    t.add_row("mistakes", f"{r.mistakes} of {r.known} with known truth" if r.known else "truth unknown")
+    t.add_row("files", ", ".join(p.name for p in r.pngs))
+    console.print(t)
+
+
+@app.command("report")
+def report_cmd(
+    run: Path = typer.Argument(..., help="Run folder from `comp train`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for index.html and its PNGs."),
+    submission: Path = typer.Option(None, "--submission", help="A submission CSV to score against the answer key."),
+    truth: Path = typer.Option(None, "--truth", help="Answer key ImageID,ans,Usage (default: the submission's data root's)."),
+    gallery: int = typer.Option(12, "--gallery", help="How many confident mistakes to show with Grad-CAM."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing non-empty OUT."),
+):
+    """One self-contained HTML page: scores, curves, confusion matrices, F1 and counts per class, mistakes."""
+    from .report import make_report
+
+    r = make_report(run, out, submission, truth, gallery, force)
+    t = Table(title=f"report of {run.name} → {r.html}", show_header=False)
+    v = r.validation
+    t.add_row("validation", f"F1 {v['f1']:.4f} (mask {v['f1_mask']:.3f} gender {v['f1_gender']:.3f} "
+              f"age {v['f1_age']:.3f}) accuracy {v['acc']:.1%}")
+    for part, s in r.submission.items():
+        t.add_row(f"submission, {part}", f"F1 {s['f1']:.4f} accuracy {s['acc']:.1%} (n={s['n']})")
+    t.add_row("sections", ", ".join(r.sections))
+    t.add_row("mistakes shown", str(r.mistakes_shown))
+    t.add_row("figures", f"{len(r.pngs)} PNGs in {r.out}")
+    console.print(t)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import metrics, runs
 from .data import labels as L
-from .data.reader import load_truth
+from .data.reader import load_truth, read_truth
 from .errors import CompError
 from .fileio import refuse_overwrite
 from .submission import Submission, check_same_ids, read_submission, write_submission
@@ -93,13 +93,7 @@ class BlendResult:
 def _truth_for(subs: list[Submission], truth: Path | None):
     """The answer key: --truth, or eval_truth.csv beside the eval set the first input was predicted on."""
     if truth is not None:
-        from .data.reader import TRUTH_COLUMNS, _read_csv, problems_error
-
-        problems: list = []
-        df = _read_csv(Path(truth), TRUTH_COLUMNS, problems)
-        if problems:
-            raise problems_error(problems)
-        return df.assign(ans=df["ans"].astype(np.int64))
+        return read_truth(truth)
     root = subs[0].meta.get("data")
     return load_truth(root) if root else None
 

@@ -375,7 +375,7 @@ def estimate_file(new_path: Path | str, ref_paths: list[Path] | None = None, ref
 
 def score_against(sub: Submission, truth_path: Path | str) -> dict:
     """True public/private scores (for synthetic sets and benchmarks)."""
-    import pandas as pd
+    from .data.reader import read_truth
 
-    t = pd.read_csv(truth_path, dtype={"ImageID": str}).set_index("ImageID").loc[sub.ids]
+    t = read_truth(truth_path).set_index("ImageID").loc[sub.ids]
     return metrics.leaderboard(sub.ans, t["ans"].to_numpy(), t["Usage"].to_numpy())

@@ -42,7 +42,7 @@ def data_root(cfg: Config, root: Path | str | None = None) -> Path:
     if cfg.data.crop:
         from .data.crop import cropped_root
 
-        return cropped_root(root, cfg.data.crop, cfg.data.crop_margin)
+        return cropped_root(root, cfg.data.crop, cfg.data.crop_margin, cfg.data.cache_dir)
     return root
 
 

@@ -258,13 +258,19 @@ def load_eval(root: Path | str) -> pd.DataFrame:
     return df
 
 
-def load_truth(root: Path | str) -> pd.DataFrame | None:
-    """The answer key eval_truth.csv (ImageID, ans, Usage) of synthetic / benchmark sets, else None."""
-    path = Path(root) / "eval_truth.csv"
-    if not path.is_file():
-        return None
+def read_truth(path: Path | str) -> pd.DataFrame:
+    """An answer key (ImageID, ans, Usage), validated."""
     problems: list[Problem] = []
-    df = _read_csv(path, TRUTH_COLUMNS, problems)
+    df = _read_csv(Path(path), TRUTH_COLUMNS, problems)
     if problems:
         raise problems_error(problems)
-    return df.assign(ans=df["ans"].astype(np.int64))
+    ans = pd.to_numeric(df["ans"], errors="coerce")
+    if not ans.between(0, L.N_CLASSES - 1).all():
+        raise CompError(f"{path}: ans values must be classes 0-{L.N_CLASSES - 1}")
+    return df.assign(ans=ans.astype(np.int64))
+
+
+def load_truth(root: Path | str) -> pd.DataFrame | None:
+    """The answer key eval_truth.csv of a synthetic / benchmark root, else None."""
+    path = Path(root) / "eval_truth.csv"
+    return read_truth(path) if path.is_file() else None
