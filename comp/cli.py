@@ -342,14 +342,27 @@ LEDGER_DIR = typer.Option(Path("submissions"), "--dir", help="Folder holding the
 @subs_app.command("add")
 def submissions_add(
     file: Path = typer.Argument(..., help="The CSV you submitted."),
-    public_f1: float = typer.Option(..., "--public-f1", help="Its public leaderboard macro F1."),
+    public_f1: float = typer.Option(None, "--public-f1", help="Its public leaderboard macro F1."),
     public_acc: float = typer.Option(None, "--public-acc", help="Its public accuracy in percent, if shown."),
+    truth: Path = typer.Option(None, "--truth", help="Score it against this answer key's Public rows instead "
+                                                     "(a simulated leaderboard for synthetic / benchmark sets)."),
     note: str = typer.Option("", "--note", help="What it was."),
     folder: Path = LEDGER_DIR,
 ):
     """Record a scored submission: copies the CSV (+ .probs.npy, .json) and appends a ledger row."""
     from .ledger import add, read_ledger
 
+    if truth is not None:
+        from .data.reader import read_truth
+        from .submission import read_submission, score
+
+        if public_f1 is not None:
+            raise CompError("give --public-f1 or --truth, not both")
+        sub = read_submission(file)
+        s = score(sub.ids, sub.ans, read_truth(truth))["public"]
+        public_f1, public_acc = s["f1"], s["acc"]
+    elif public_f1 is None:
+        raise CompError("give the leaderboard's score with --public-f1 F (or --truth KEY.csv to simulate it)")
     e = add(file, public_f1, public_acc, note, folder)
     console.print(f"added {e.name} (public F1 {e.public_f1:.4f}) to {folder}/ledger.csv "
                   f"({len(read_ledger(folder))} submissions)")
@@ -390,7 +403,7 @@ def estimate_cmd(
     """Estimate a CSV's public leaderboard F1 and accuracy from scored references, before submitting it."""
     import json
 
-    from .estimate import estimate_file, score_against
+    from .estimate import estimate_file
 
     e = estimate_file(new, ref, ref_f1, ref_acc, folder if not ref else None, data, samples)
     if json_:
@@ -401,9 +414,11 @@ def estimate_cmd(
     t.add_row("public accuracy", f"{e.accuracy:.2f}%  (90% interval {e.accuracy_interval[0]:.2f} – "
               f"{e.accuracy_interval[1]:.2f}%)")
     if truth is not None:
-        from .submission import read_submission
+        from .data.reader import read_truth
+        from .submission import read_submission, score
 
-        s = score_against(read_submission(new), truth)
+        sub = read_submission(new)
+        s = score(sub.ids, sub.ans, read_truth(truth))
         t.add_row("true score (answer key)", f"public F1 {s['public']['f1']:.4f}, accuracy {s['public']['acc']:.2f}%")
     console.print(t)
     a = Table(title="agreement with the references")

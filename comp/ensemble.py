@@ -26,7 +26,7 @@ from .data import labels as L
 from .data.reader import load_truth, read_truth
 from .errors import CompError
 from .fileio import refuse_overwrite
-from .submission import Submission, check_same_ids, read_submission, write_submission
+from .submission import Submission, check_same_ids, read_submission, score, write_submission
 
 METHODS = ("vote", "per-task", "soft", "geo")
 
@@ -98,15 +98,6 @@ def _truth_for(subs: list[Submission], truth: Path | None):
     return load_truth(root) if root else None
 
 
-def _scores(ans: np.ndarray, ids: np.ndarray, truth) -> dict:
-    t = truth.set_index("ImageID")
-    missing = set(ids) - set(t.index)
-    if missing:
-        raise CompError(f"answer key lacks {len(missing)} of the submission's ImageIDs; is it the same eval set?")
-    t = t.loc[ids]
-    return metrics.leaderboard(ans, t["ans"].to_numpy(), t["Usage"].to_numpy())
-
-
 def blend_files(paths: list[Path | str], out: Path | str, weights=None, method: str = "vote", force: bool = False,
                 truth: Path | str | None = None) -> BlendResult:
     if method not in METHODS:
@@ -138,7 +129,7 @@ def blend_files(paths: list[Path | str], out: Path | str, weights=None, method: 
     t = _truth_for(subs, Path(truth) if truth else None)
     if t is not None:
         for name, a in [*zip(names, answers, strict=True), (out.name, ans)]:
-            result.scores[name] = _scores(a, subs[0].ids, t)
+            result.scores[name] = score(subs[0].ids, a, t)
     return result
 
 
@@ -283,6 +274,6 @@ def fit(run_dirs: list[Path | str], out: Path | str, data: Path | str | None = N
     t = _truth_for(subs, None)
     if t is not None:
         for name, s in zip(names, subs, strict=True):
-            result.scores[name] = _scores(s.ans, s.ids, t)
-        result.scores[out.name] = _scores(blended.argmax(1), subs[0].ids, t)
+            result.scores[name] = score(s.ids, s.ans, t)
+        result.scores[out.name] = score(subs[0].ids, blended.argmax(1), t)
     return result

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
 from .data import labels as L
 from .errors import CompError
 from .submission import Submission, check_same_ids, read_submission
@@ -371,11 +370,3 @@ def estimate_file(new_path: Path | str, ref_paths: list[Path] | None = None, ref
     if prior is not None:
         est.evidence.insert(0, f"class prior: train shares of {root}")
     return est
-
-
-def score_against(sub: Submission, truth_path: Path | str) -> dict:
-    """True public/private scores (for synthetic sets and benchmarks)."""
-    from .data.reader import read_truth
-
-    t = read_truth(truth_path).set_index("ImageID").loc[sub.ids]
-    return metrics.leaderboard(sub.ans, t["ans"].to_numpy(), t["Usage"].to_numpy())

@@ -20,7 +20,7 @@ from .data.reader import load_truth
 from .errors import CompError
 from .fileio import refuse_overwrite
 from .inference import TTA_VIEWS, predict_views
-from .submission import write_submission
+from .submission import score, write_submission
 
 
 @dataclass
@@ -90,8 +90,7 @@ def predict(run_dirs: list[Path | str], out: Path | str, data: Path | str | None
     truth = load_truth(root)
     scores = None
     if truth is not None:
-        t = truth.set_index("ImageID").loc[ev["ImageID"]]
-        scores = metrics.leaderboard(ans, t["ans"].to_numpy(), t["Usage"].to_numpy())
+        scores = score(ev["ImageID"], ans, truth)
     return PredictResult(out, len(ev), seconds, len(ev) / max(seconds, 1e-9), meta, scores)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import metrics
 from .data import labels as L
 from .errors import CompError
 from .fileio import atomic_path, atomic_write, refuse_overwrite
@@ -121,3 +122,15 @@ def write_submission(path: Path | str, ids, ans, probs: np.ndarray | None = None
     with atomic_write(path, newline="") as fh:
         pd.DataFrame({"ImageID": list(ids), "ans": ans}).to_csv(fh, index=False)
     return path
+
+
+def score(ids, ans, truth: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Public / private macro F1 and accuracy of answers against an answer key (ImageID, ans, Usage):
+    the leaderboard, simulated for synthetic and benchmark sets."""
+    t = truth.set_index("ImageID")
+    missing = set(ids) - set(t.index)
+    if missing:
+        raise CompError(f"the answer key lacks {len(missing)} of the submission's ImageIDs "
+                        f"(e.g. {sorted(missing)[0]}); is it the same eval set?")
+    t = t.loc[list(ids)]
+    return metrics.leaderboard(np.asarray(ans), t["ans"].to_numpy(), t["Usage"].to_numpy())

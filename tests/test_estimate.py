@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -154,3 +155,18 @@ def test_ledger_refuses_a_bad_csv(tmp_path):
     with pytest.raises(CompError, match="not a class"):
         add(tmp_path / "bad.csv", 0.5, folder=tmp_path / "s")
     assert not (tmp_path / "s" / "ledger.csv").exists()
+
+
+def test_ledger_add_scores_against_an_answer_key(tmp_path):
+    ids = [f"i{k}" for k in range(4)]
+    _write(tmp_path / "s.csv", ids, [0, 1, 2, 3])
+    key = tmp_path / "key.csv"
+    pd.DataFrame({"ImageID": ids, "ans": [0, 1, 5, 3], "Usage": ["Public", "Public", "Public", "Private"]}).to_csv(
+        key, index=False)
+    r = runner.invoke(app, ["submissions", "add", str(tmp_path / "s.csv"), "--truth", str(key), "--dir",
+                            str(tmp_path / "led")])
+    assert r.exit_code == 0, r.output
+    (e,) = read_ledger(tmp_path / "led")
+    assert e.public_acc == pytest.approx(200 / 3)
+    assert e.public_f1 == pytest.approx(metrics.macro_f1([0, 1, 5], [0, 1, 2]))
+    assert runner.invoke(app, ["submissions", "add", str(tmp_path / "s.csv"), "--dir", str(tmp_path / "x")]).exit_code == 2
