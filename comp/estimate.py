@@ -315,8 +315,8 @@ def train_prior(data_root: Path | str | None) -> np.ndarray | None:
 
 
 def calibration_for(sub: Submission) -> Calibration | None:
-    """OOF evidence for a CSV made by `comp predict` / `comp ensemble --fit` from k-fold runs: the same
-    blend of the runs' out-of-fold probabilities, with their labels."""
+    """Labelled evidence for a CSV made by `comp predict` / `comp ensemble --fit`: the same blend of its runs'
+    held-out validation probabilities (out-of-fold ones with every fold), with their labels."""
     from . import runs as R
     from .ensemble import apply_bias
 
@@ -324,11 +324,13 @@ def calibration_for(sub: Submission) -> Calibration | None:
     if not run_dirs:
         return None
     try:
-        oofs = [R.read_oof(r) for r in run_dirs]
+        vals = [R.read_validation(r) for r in run_dirs]
     except CompError:
         return None
-    if any(not o["image"].equals(oofs[0]["image"]) for o in oofs):
+    common = set.intersection(*(set(v["image"]) for v in vals))  # images every run held out
+    if not common:
         return None
+    oofs = [v[v["image"].isin(common)].sort_values("image", kind="stable").reset_index(drop=True) for v in vals]
     w = np.asarray(sub.meta.get("weights") or np.ones(len(oofs)), float)
     probs = np.tensordot(w / w.sum(), np.stack([R.oof_probs(o) for o in oofs]).astype(float), 1)
     if sub.meta.get("bias"):

@@ -3,6 +3,7 @@
     runs/NAME/config.yaml                 the resolved pipeline (rebuilds data, model and head)
     runs/NAME/run.json                    folds trained, their best scores, OOF score
     runs/NAME/oof.parquet                 with every fold: one row per train image, 18 OOF probabilities
+    runs/NAME/validation.parquet          the same for the folds trained so far
     runs/NAME/fold{k}/best.safetensors    weights of the best validation macro F1 (EMA weights with EMA)
     runs/NAME/fold{k}/last.safetensors    weights after the last epoch
     runs/NAME/fold{k}/state/              Accelerate state for --resume
@@ -115,6 +116,14 @@ def read_oof(run: Path | str) -> pd.DataFrame:
     p = Path(run) / "oof.parquet"
     if not p.is_file():
         raise CompError(f"{p}: no out-of-fold predictions; train every fold with `comp train --folds all`")
+    return pd.read_parquet(p)
+
+
+def read_validation(run: Path | str) -> pd.DataFrame:
+    """Labelled held-out predictions of the folds trained so far (all of oof.parquet when complete)."""
+    p = Path(run) / "validation.parquet"
+    if not p.is_file():
+        raise CompError(f"{p}: no validation predictions; was {run} trained to the end of a fold?")
     return pd.read_parquet(p)
 
 

@@ -30,6 +30,10 @@ def test_loss_goes_down(tiny_root, tmp_path):
     assert list(m["epoch"]) == [1, 2, 3, 4]
     assert {"f1", "f1_mask", "f1_gender", "f1_age", "acc", "val_loss"} <= set(m.columns)
     assert (tmp_path / "run" / "config.yaml").is_file()
+    val = runs.read_validation(tmp_path / "run")  # one fold trained: its held-out images, no oof.parquet
+    frame = runs.train_frame(tiny_cfg(tiny_root))
+    assert sorted(val["image"]) == sorted(frame[frame["fold"] == 0]["image"])
+    assert not (tmp_path / "run" / "oof.parquet").exists()
 
 
 @pytest.mark.parametrize("kind", ["multiclass", "multitask"])

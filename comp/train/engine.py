@@ -273,18 +273,21 @@ def _write_fold_confusion(out: Path, df: pd.DataFrame) -> None:
 
 
 def _write_oof(run: Path, df: pd.DataFrame, folds: list[int]) -> dict | None:
-    """oof.parquet when every image has an out-of-fold prediction; returns its scores."""
+    """validation.parquet: each validated train image (of the trained folds) with its label and 18
+    probabilities from the fold that held it out; oof.parquet, the same, once every fold is trained.
+    Returns the OOF scores when complete."""
     probs = np.full((len(df), L.N_CLASSES), np.nan, np.float32)
     for k in folds:
         d = runs.fold_dir(run, k)
         probs[np.load(d / "val_index.npy")] = np.load(d / "val_probs.npy")
-    if np.isnan(probs).any():
-        return None
     oof = pd.DataFrame({"image": df["image"], "person": df["person"], "fold": df["fold"], "label": df["label"]})
     oof = pd.concat([oof, pd.DataFrame(probs, columns=[f"p{c}" for c in range(L.N_CLASSES)])], axis=1)
-    with atomic_path(run / "oof.parquet") as tmp:
-        oof.to_parquet(tmp, index=False)
-    return metrics.summarize(df["label"].to_numpy(), probs.argmax(1))
+    done = ~np.isnan(probs).any(1)
+    targets = [("validation.parquet", oof[done])] + ([("oof.parquet", oof)] if done.all() else [])
+    for name, frame in targets:
+        with atomic_path(run / name) as tmp:
+            frame.to_parquet(tmp, index=False)
+    return metrics.summarize(df["label"].to_numpy(), probs.argmax(1)) if done.all() else None
 
 
 @dataclass
@@ -334,7 +337,7 @@ def train(cfg: Config, out: Path | str, folds: list[int] | None = None, resume: 
             continue
         results.append(train_fold(cfg, df, k, d, resume=resume))
     trained = sorted({int(p.name[4:]) for p in out.glob("fold*") if (p / "done").exists()})
-    oof = _write_oof(out, df, trained) if len(trained) == cfg.data.folds else None
+    oof = _write_oof(out, df, trained)
     info = {"name": cfg.name, "folds": trained, "best": {r.fold: r.best for r in results}, "oof": oof,
             "images": len(df), "people": int(df["person"].nunique())}
     with atomic_write(out / "run.json") as fh:
