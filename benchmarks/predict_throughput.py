@@ -41,7 +41,7 @@ def main():
     predict([run], tmp / "warm.csv", args.data, "none", force=True)  # builds the eval image cache
     for tta in ("none", "flip", "flip+scale"):
         best = 0.0
-        for i in range(args.repeat):
+        for _ in range(args.repeat):
             t = time.perf_counter()
             r = predict([run], tmp / f"{tta}.csv", args.data, tta, force=True)
             best = max(best, r.n / (time.perf_counter() - t))
