@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 DEMO   ?= data/synth
 RUNS   ?= runs
+SUBS   ?= submissions/demo
+COMP   := $(BIN)/comp
 PIP    := $(BIN)/python -m pip -q --disable-pip-version-check
 
 # No network calls at import or run time: albumentations' version check and Hugging Face hub retries.
@@ -24,9 +26,24 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --no-deps facenet-pytorch
 	touch $@
 
+# The whole workflow on a synthetic dataset: data → train two runs → predict → ensemble → ledger →
+# estimate → report. Its answer key plays the leaderboard. Rewrites data/synth, runs/demo*, submissions/demo.
 demo: setup
-	$(BIN)/comp data synth $(DEMO) --people 120 --eval-people 40 --size 96x128 --seed 0 --force
-	$(BIN)/comp data check $(DEMO)
+	$(COMP) data synth $(DEMO) --people 300 --eval-people 80 --size 96x128 --seed 0 --force
+	$(COMP) data check $(DEMO)
+	$(COMP) train -p pipelines/demo.yaml --data $(DEMO) --out $(RUNS)/demo --force
+	$(COMP) train -p pipelines/demo.yaml --data $(DEMO) --out $(RUNS)/demo_mt --force \
+		--set name=demo_mt --set model.head=multitask --set train.seed=1
+	rm -rf $(SUBS)
+	$(COMP) predict $(RUNS)/demo -o $(SUBS)/demo.csv
+	$(COMP) predict $(RUNS)/demo_mt -o $(SUBS)/demo_mt.csv
+	$(COMP) ensemble $(SUBS)/demo.csv $(SUBS)/demo_mt.csv --method soft -o $(SUBS)/blend.csv
+	$(COMP) submissions add $(SUBS)/demo.csv --truth $(DEMO)/eval_truth.csv --dir $(SUBS) --note "single, multiclass"
+	$(COMP) submissions add $(SUBS)/demo_mt.csv --truth $(DEMO)/eval_truth.csv --dir $(SUBS) --note "single, multitask"
+	$(COMP) submissions list --dir $(SUBS)
+	$(COMP) estimate $(SUBS)/blend.csv --dir $(SUBS) --truth $(DEMO)/eval_truth.csv
+	$(COMP) report $(RUNS)/demo -o $(RUNS)/demo/report --submission $(SUBS)/demo.csv --force
+	@echo "report: $(RUNS)/demo/report/index.html"
 
 test: setup
 	HF_HUB_OFFLINE=1 COMP_NO_PROGRESS=1 $(BIN)/python -m pytest
@@ -35,4 +52,4 @@ lint: setup
 	$(BIN)/ruff check comp tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(RUNS) $(DEMO) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(RUNS) $(DEMO) $(SUBS) .pytest_cache .ruff_cache
