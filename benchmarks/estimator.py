@@ -39,7 +39,6 @@ RECIPES = {
     "r10t_48_e4": ["model.name=resnet10t", "data.size=48x64", "train.epochs=4"],
     "r10t_64_e8": ["model.name=resnet10t", "data.size=64x85", "train.epochs=8"],
     "r10t_64_mt": ["model.name=resnet10t", "data.size=64x85", "train.epochs=8", "model.head=multitask"],
-    "mnv3_64_e8": ["model.name=mobilenetv3_large_100", "data.size=64x85", "train.epochs=8"],
     "atto_64_e8": ["model.name=convnext_atto", "data.size=64x85", "train.epochs=8", "mixup.mixup_alpha=0.2"],
 }
 BASE = ["train.trackers=[]", "augment.preset=light", "loss.label_smoothing=0.1", "optim.lr=0.003",
@@ -143,15 +142,24 @@ def main():
     ap.add_argument("--no-train", action="store_true", help="Use only the runs that exist.")
     ap.add_argument("--samples", type=int, default=1000)
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=200)
     truth = read_truth(args.data / "eval_truth.csv")
     csvs = make_csvs(args.data, args.work, args.runs, not args.no_train, console)
-    subs = {p.stem: read_submission(p) for p in csvs}
+    subs, seen = {}, set()
+    for p in csvs:  # identical answers (best == last checkpoint, say) are one submission, not two
+        sub = read_submission(p)
+        if (key := sub.ans.tobytes()) not in seen:
+            seen.add(key)
+            subs[p.stem] = sub
     truth_f1 = {n: score(s.ids, s.ans, truth)["public"]["f1"] for n, s in subs.items()}
     f1s = np.array(list(truth_f1.values()))
     console.print(f"{len(subs)} CSVs, public F1 {f1s.min():.3f}–{f1s.max():.3f}")
     t = time.time()
     results = play(subs, truth_f1, train_prior(args.data), args.samples)
+    import pandas as pd  # every estimate, for a closer look
+
+    pd.DataFrame([r | {"method": m} for m, rows in results.items() for r in rows]).to_csv(
+        args.work / "estimates.csv", index=False)
     table = Table(title=f"estimating public macro F1 of {len(subs)} real CSVs ({time.time() - t:.0f}s)")
     for col in ("method", "refs", "pairs", "MAE", "max err", "bias", "MAE agree≥80%", "max agree≥80%",
                 "90% coverage", "decision acc"):

@@ -269,7 +269,7 @@ def ensemble_cmd(
                                help="vote | per-task | soft | geo. Ties in a vote go to the input with the larger "
                                     "weight, then to the one listed first."),
     weights: str = typer.Option(None, "--weights", "-w", help="Comma-separated weights, e.g. 2,1,1 (default equal)."),
-    fit_: bool = typer.Option(False, "--fit", help="Inputs are runs: fit weights and class biases on their OOF files."),
+    fit_: bool = typer.Option(False, "--fit", help="Inputs are runs: fit weights and class biases on their OOF files (or, for runs of some folds, on those held-out folds)."),
     soup_: bool = typer.Option(False, "--soup", help="Inputs are runs/checkpoints of one architecture: average weights."),
     soup_kind: str = typer.Option("greedy", "--soup-kind", help="greedy | uniform (with --soup)."),
     data: Path = typer.Option(None, "--data", help="Dataset root for --fit predictions (default: the runs')."),

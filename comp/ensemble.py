@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import metrics, runs
 from .data import labels as L
@@ -244,6 +245,25 @@ def eval_probs(run: Path, data: Path | None, tta: str | None, ckpt: str) -> tupl
     return read_submission(path, need_probs=True), True
 
 
+def held_out(run: Path) -> pd.DataFrame:
+    """Out-of-fold predictions of every fold, or, for a run trained on some folds only, the held-out
+    predictions of those (a single-fold run still gets a fitted blend, on fewer images)."""
+    if (run / "oof.parquet").is_file():
+        return runs.read_oof(run)
+    return runs.read_validation(run).sort_values("image", kind="stable").reset_index(drop=True)
+
+
+def cross_fit_groups(oof: pd.DataFrame, k: int = 5) -> np.ndarray:
+    """Groups for cross-fitting the blend: the training folds, or, when one fold alone was held out, k
+    groups of its people (never one person in two groups, as in training)."""
+    folds = oof["fold"].to_numpy()
+    if len(np.unique(folds)) > 1:
+        return folds
+    people = np.unique(oof["person"].astype(str))
+    group = dict(zip(people, np.arange(len(people)) % k, strict=True))
+    return oof["person"].astype(str).map(group).to_numpy()
+
+
 def fit(run_dirs: list[Path | str], out: Path | str, data: Path | str | None = None, tta: str | None = None,
         ckpt: str = "best", force: bool = False) -> FitResult:
     run_dirs = [Path(r) for r in run_dirs]
@@ -251,14 +271,15 @@ def fit(run_dirs: list[Path | str], out: Path | str, data: Path | str | None = N
         raise CompError("--fit needs at least one run folder")
     out = Path(out)
     refuse_overwrite(out, force, "submission")
-    oofs = [runs.read_oof(r) for r in run_dirs]
+    oofs = [held_out(r) for r in run_dirs]
     for r, o in zip(run_dirs[1:], oofs[1:], strict=True):
         if not (o["image"].equals(oofs[0]["image"]) and o["label"].equals(oofs[0]["label"])
                 and o["fold"].equals(oofs[0]["fold"])):
-            raise CompError(f"{r}: its OOF images, labels or folds differ from {run_dirs[0]}'s; fitted blends need "
-                            "runs on the same data with the same data.folds, data.split_seed and age bins")
+            raise CompError(f"{r}: its held-out images, labels or folds differ from {run_dirs[0]}'s; fitted blends "
+                            "need runs on the same data with the same data.folds, data.split_seed, age bins and "
+                            "trained folds")
     probs = np.stack([runs.oof_probs(o) for o in oofs]).astype(np.float64)
-    y, folds = oofs[0]["label"].to_numpy(), oofs[0]["fold"].to_numpy()
+    y, folds = oofs[0]["label"].to_numpy(), cross_fit_groups(oofs[0])
     names = [r.name for r in run_dirs]
     plan = fit_blend(probs, y, folds, names)
     subs = [eval_probs(r, Path(data) if data else None, tta, ckpt)[0] for r in run_dirs]

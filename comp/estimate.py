@@ -12,13 +12,17 @@ Each source s contributes one term with one parameter θ_s:
 - a reference with probabilities:  E = θ · log(p_i(c) / π(c))       (a tempered likelihood ratio)
 - a reference with answers only:   E = θ · #heads of c equal to the answer's (mask, gender, age)
                                    (errors mostly sit in one head, so near classes keep some mass)
-- NEW, when its JSON names runs with out-of-fold predictions: the same forms, with θ fitted on those
-  labelled OOF predictions by maximum likelihood (temperature scaling) — how often NEW's model is right,
-  class by class, which agreement alone cannot tell. Without them NEW is not a source: a CSV cannot vouch
-  for itself.
+- NEW itself, in the same form. A CSV cannot vouch for itself, but leaving it out is worse: measured on
+  simulated leaderboards, a posterior built from the references alone makes every answer where NEW leaves
+  them look wrong, and underestimates NEW by 0.13–0.23. So NEW counts as a source exactly as sure as the
+  references are on average (its θ tied to their anchored θs), times a ratio when labelled evidence says
+  NEW's model is surer or less sure: when NEW's JSON and every reference's name runs with held-out
+  validation / out-of-fold predictions, θ is fitted on each (temperature scaling, maximum likelihood) and
+  the ratio θ_new / mean θ_ref is kept — how often NEW's model is right, class by class, which agreement
+  alone cannot tell.
 
-Anchoring: each reference's θ is solved (bisection, a few Gauss–Seidel rounds) so that its expected macro
-F1 under q — per-class expected TP/FP/FN — equals its known public F1.
+Anchoring: each reference's θ is solved (bisection, a few Gauss–Seidel rounds, NEW's θ following) so that
+its expected macro F1 under q — per-class expected TP/FP/FN — equals its known public F1.
 
 Then S label vectors are drawn from q together with random public halves, and on each draw we take the
 difference D_j = F1(NEW) − F1(ref_j) on that half. The estimate is Σ_j a_j (F1_known_j + D_j), with a the
@@ -29,7 +33,8 @@ reference) come from the same draws, so they include the unknown public split. A
 
 Assumptions: eval images are exchangeable with train images (same class shares), the public half is a
 random half, sources err independently given the true class (models of one family err together, which
-makes q too sure where they agree; anchoring on the known scores absorbs part of it).
+makes q too sure where they agree; anchoring on the known scores absorbs part of it), and NEW is about as
+reliable as the references unless its runs' held-out predictions say otherwise.
 """
 from __future__ import annotations
 

@@ -7,7 +7,17 @@ from typer.testing import CliRunner
 from comp import metrics
 from comp.cli import app
 from comp.data import labels as L
-from comp.ensemble import blend_files, fit_blend, geo, greedy_select, per_task_vote, soft, tune_bias, vote
+from comp.ensemble import (
+    blend_files,
+    cross_fit_groups,
+    fit_blend,
+    geo,
+    greedy_select,
+    per_task_vote,
+    soft,
+    tune_bias,
+    vote,
+)
 from comp.errors import CompError
 from comp.soup import make_soup
 from comp.submission import write_submission
@@ -133,6 +143,30 @@ def test_fit_on_runs_end_to_end(tiny_runs, tmp_path):
     probs = np.load(tmp_path / "fit.probs.npy")
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
     assert (tiny_runs[0] / "predictions" / "eval-flip-best.csv").is_file()  # predict ran for the missing probs
+
+
+def test_fit_on_single_fold_runs_uses_their_held_out_fold(tiny_runs, tmp_path):
+    import shutil
+
+    single = []
+    for run in tiny_runs:  # what `comp train` leaves after --fold 0 alone: no oof.parquet
+        dst = shutil.copytree(run, tmp_path / run.name)
+        (dst / "oof.parquet").unlink()
+        val = pd.read_parquet(dst / "validation.parquet")
+        val[val["fold"] == 0].to_parquet(dst / "validation.parquet")
+        single.append(dst)
+    held = pd.read_parquet(single[0] / "validation.parquet")
+    groups = cross_fit_groups(held.sort_values("image").reset_index(drop=True))
+    assert len(np.unique(groups)) == min(5, held["person"].nunique())
+    assert (pd.DataFrame({"p": held.sort_values("image")["person"].to_numpy(), "g": groups})
+            .groupby("p")["g"].nunique() == 1).all()  # no person in two cross-fitting groups
+    result = CliRunner().invoke(app, ["ensemble", "--fit", *map(str, single), "-o", str(tmp_path / "fit.csv")])
+    assert result.exit_code == 0, result.output
+    assert np.allclose(np.load(tmp_path / "fit.probs.npy").sum(1), 1, atol=1e-4)
+    (single[1] / "validation.parquet").unlink()
+    result = CliRunner().invoke(app, ["ensemble", "--fit", *map(str, single), "-o", str(tmp_path / "fit2.csv")])
+    assert result.exit_code == 2 and "validation.parquet" in result.output
+    assert not (tmp_path / "fit2.csv").exists()
 
 
 def test_soup_of_identical_checkpoints_is_the_checkpoint(tiny_runs, tmp_path):
