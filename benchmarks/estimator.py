@@ -9,9 +9,10 @@ Stage 1 (skipped for what exists): trains a handful of quick, different recipes 
 and blends some of them (soft means, a vote): at least 20 CSVs with probabilities, scored against the
 answer key `eval_truth.csv` (the same scores as ../shared/lb/score.py).
 
-Stage 2: for each CSV as "new", the best other CSV (then the best three) are the references with their
-true public F1; the estimate is compared with the new CSV's true public F1. Printed in one run, for comp
-with probabilities and run files, for comp with CSVs only, and for the team's formula
+Stage 2: for each CSV as "new", the best other CSV (then the best two, the best three) are the references
+with their true public F1; the estimate is compared with the new CSV's true public F1. Printed in one run,
+for comp with probabilities and run files, with probabilities but no run files, with CSVs only, and for the
+team's formula (which uses two scored submissions, like comp's "best 2")
 F1_new ≈ F1_ref · agreement(new, ref) · c with c fitted on one other submission: mean and max absolute
 error, the same over pairs agreeing on ≥ 80 % of images, 90 %-interval coverage, and decision accuracy
 (does it call "beats the best reference" right, over pairs whose true gap exceeds 0.01).
@@ -95,21 +96,23 @@ def strip(sub):
 
 def play(subs: dict, truth_f1: dict, prior, samples: int) -> dict[str, list[dict]]:
     names = sorted(subs, key=lambda n: -truth_f1[n])
-    rows = {"comp": [], "comp, CSVs only": [], "team formula": []}
+    rows = {"comp": [], "comp, CSV + probs": [], "comp, CSVs only": [], "team formula": []}
     cal = {n: calibration_for(subs[n]) for n in names}
     for new in names:
         others = [n for n in names if n != new]
-        for k in (1, 3):
+        for k in (1, 2, 3):
             refs = others[:k]
             truth = truth_f1[new]
             agree = float((subs[new].ans == subs[refs[0]].ans).mean())
             gap = truth - truth_f1[refs[0]]
             base = {"new": new, "k": k, "truth": truth, "agree": agree, "gap": gap}
-            for mode, strip_it in (("comp", False), ("comp, CSVs only", True)):
-                s = (lambda x: strip(x)) if strip_it else (lambda x: x)  # noqa: E731
+            for mode in ("comp", "comp, CSV + probs", "comp, CSVs only"):
+                s = {"comp": lambda x: x, "comp, CSV + probs": lambda x: replace(x, meta={}),
+                     "comp, CSVs only": strip}[mode]
+                runs = mode == "comp"
                 ref_objs = [Reference(s(subs[r]), truth_f1[r], None, r) for r in refs]
-                e = estimate(s(subs[new]), ref_objs, prior, None if strip_it else cal[new], samples,
-                             ref_calibrations=None if strip_it else [cal[r] for r in refs])
+                e = estimate(s(subs[new]), ref_objs, prior, cal[new] if runs else None, samples,
+                             ref_calibrations=[cal[r] for r in refs] if runs else None)
                 rows[mode].append(base | {"est": e.f1, "lo": e.f1_interval[0], "hi": e.f1_interval[1],
                                           "beats": e.p_better > 0.5})
             if k == 1:
@@ -165,12 +168,12 @@ def main():
                 "90% coverage", "decision acc"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for mode, rows in results.items():
-        for k in (1, 3):
+        for k in (1, 2, 3):
             sel = [r for r in rows if r["k"] == k]
             if not sel:
                 continue
             s = summarize(sel)
-            table.add_row(mode, "best" if k == 1 else "best 3", str(s["pairs"]), f"{s['mae']:.4f}", f"{s['max']:.4f}",
+            table.add_row(mode, "best" if k == 1 else f"best {k}", str(s["pairs"]), f"{s['mae']:.4f}", f"{s['max']:.4f}",
                           f"{s['bias']:+.4f}", f"{s['mae_close']:.4f} (n={s['close']})", f"{s['max_close']:.4f}",
                           "" if np.isnan(s["coverage"]) else f"{s['coverage']:.0%}",
                           f"{s['decision']:.0%} (n={s['decided']})")

@@ -21,17 +21,19 @@ def _write(path, ids, ans, probs=None):
     return write_submission(path, ids, ans, probs, force=True)
 
 
-def _world(seed=0, n=2000):
-    """True labels, a random public half, and calibrated models of several strengths (the estimator's
-    assumptions hold: each model's probabilities are its exact posterior given an independent signal)."""
+def _world(seed=0, n=2000, shared=0.8):
+    """True labels, a random public half, and calibrated models of several strengths. Models trained on the
+    same data err together (real utkmask CSVs agree on 59-90 % of images): each model's signal is the
+    `shared` share of one common noise plus its own, and its probabilities are the Bayes posterior of it."""
     rng = np.random.default_rng(seed)
     prior = np.r_[np.full(6, 0.12), np.full(12, 0.28 / 12)]
     prior /= prior.sum()
     y = rng.choice(18, n, p=prior)
     public = rng.random(n) < 0.5
+    common = rng.normal(0, 1, (n, 18))
 
     def model(strength):
-        signal = rng.normal(0, 1, (n, 18))
+        signal = np.sqrt(shared) * common + np.sqrt(1 - shared) * rng.normal(0, 1, (n, 18))
         signal[np.arange(n), y] += strength
         logp = np.log(prior) + strength * signal  # Bayes posterior of a Gaussian signal
         p = np.exp(logp - logp.max(1, keepdims=True))
@@ -68,7 +70,7 @@ def test_estimate_lands_near_the_true_score_on_simulated_labels():
         e = estimate(_sub(new_p, len(y)), [ref], prior, samples=800, seed=seed)
         errors.append(e.f1 - truth(new_p))
         covered += e.f1_interval[0] <= truth(new_p) <= e.f1_interval[1]
-    assert np.abs(errors).mean() < 0.03, errors
+    assert np.abs(errors).mean() < 0.035, errors
     assert covered >= 4
 
 
