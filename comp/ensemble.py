@@ -196,28 +196,38 @@ class FitPlan:
     use_bias: bool
 
 
+def cross_fitted(probs: np.ndarray, y: np.ndarray, folds: np.ndarray, greedy: bool = True,
+                 with_bias: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out blends: for each group, the weights (greedy, or the plain mean) and a class bias fitted on
+    the other groups and applied to it. Returns the blended probabilities without and with the bias,
+    (N, 18) each (the second is the first when `with_bias` is False)."""
+    held, held_b = np.zeros(probs.shape[1:]), np.zeros(probs.shape[1:])
+    for k in np.unique(folds):
+        fit, test = folds != k, folds == k
+        w = greedy_select(probs[:, fit], y[fit]) if greedy else np.full(len(probs), 1.0 / len(probs))
+        blend_fit, blend_test = np.tensordot(w, probs[:, fit], 1), np.tensordot(w, probs[:, test], 1)
+        held[test] = blend_test
+        held_b[test] = apply_bias(blend_test, tune_bias(blend_fit, y[fit])) if with_bias else blend_test
+    return held, held_b
+
+
 def fit_blend(probs: np.ndarray, y: np.ndarray, folds: np.ndarray, names: list[str]) -> FitPlan:
     """Cross-fitted greedy weights and class bias on OOF probabilities (M, N, 18) with labels and folds."""
     oof = {n: metrics.summarize(y, p.argmax(1)) for n, p in zip(names, probs, strict=True)}
     mean = probs.mean(0)
     oof["mean of runs"] = metrics.summarize(y, mean.argmax(1))
-    held_w, held_b = np.zeros(len(y), np.int64), np.zeros(len(y), np.int64)
-    for k in np.unique(folds):
-        fit, test = folds != k, folds == k
-        w = greedy_select(probs[:, fit], y[fit])
-        blend_fit, blend_test = np.tensordot(w, probs[:, fit], 1), np.tensordot(w, probs[:, test], 1)
-        b = tune_bias(blend_fit, y[fit])
-        held_w[test] = blend_test.argmax(1)
-        held_b[test] = apply_bias(blend_test, b).argmax(1)
-    oof["greedy blend (held-out folds)"] = metrics.summarize(y, held_w)
-    oof["greedy + bias (held-out folds)"] = metrics.summarize(y, held_b)
-    weights = greedy_select(probs, y)
-    if oof["greedy blend (held-out folds)"]["f1"] < oof["mean of runs"]["f1"]:
-        weights = np.full(len(probs), 1.0 / len(probs))  # selection fitted noise: fall back to the mean
-    blend = np.tensordot(weights, probs, 1)
-    bias = tune_bias(blend, y)
-    use_bias = oof["greedy + bias (held-out folds)"]["f1"] > oof["greedy blend (held-out folds)"]["f1"]
-    return FitPlan(weights, bias if use_bias else np.zeros_like(bias), oof, use_bias)
+    held, held_b = cross_fitted(probs, y, folds)
+    oof["greedy blend (held-out folds)"] = metrics.summarize(y, held.argmax(1))
+    oof["greedy + bias (held-out folds)"] = metrics.summarize(y, held_b.argmax(1))
+    greedy = oof["greedy blend (held-out folds)"]["f1"] >= oof["mean of runs"]["f1"]
+    if greedy:
+        weights, plain, biased = greedy_select(probs, y), "greedy blend (held-out folds)", "greedy + bias (held-out folds)"
+    else:  # selection fitted noise: fall back to the mean, and judge the bias on the mean
+        weights, plain, biased = np.full(len(probs), 1.0 / len(probs)), "mean of runs", "mean + bias (held-out folds)"
+        oof[biased] = metrics.summarize(y, cross_fitted(probs, y, folds, greedy=False)[1].argmax(1))
+    use_bias = oof[biased]["f1"] > oof[plain]["f1"]
+    bias = tune_bias(np.tensordot(weights, probs, 1), y) if use_bias else np.zeros(probs.shape[2])
+    return FitPlan(weights, bias, oof, use_bias)
 
 
 @dataclass
