@@ -19,12 +19,16 @@ Each source s contributes one term with one parameter θ_s:
   real utkmask CSVs, 0.11 too high with one reference and answers only). How much of NEW's disagreement is
   right is what nothing measures, so it is integrated over: NEW's θ is the references' mean anchored θ
   times a ratio r, and the draws below are pooled over r uniform on (0, 1) — from "no evidence" to "as sure
-  as the references", which are the best scored submissions. When NEW's JSON and every reference's name
-  runs with held-out validation / out-of-fold predictions, θ is fitted on each (temperature scaling,
-  maximum likelihood) and r's range is scaled by θ_new / mean θ_ref: NEW's model measured surer or less
-  sure than theirs on labelled images of the same distribution.
+  as the references", which are the best scored submissions.
+  When NEW and every reference have a labelled twin — what their models predicted on held-out train images
+  (validation / out-of-fold files of the runs their JSON names, blended the way the CSV was; same
+  distribution as eval) — NEW's θ is measured instead: the pool π·exp(Σ θ_j·data_j) of NEW and the
+  references is fitted to the true labels on the images all of them held out (maximum likelihood, jointly,
+  so that sources which err together share one weight and NEW earns weight only where it is right and the
+  references are not), and NEW keeps its fitted θ, one per bootstrap resample of those images. Twins on
+  different images only give each model's own temperature; their ratio then scales r's range.
 
-Anchoring: for each r, each reference's θ is solved (bisection, a few Gauss–Seidel rounds, NEW's θ
+Anchoring: for each r (or measured θ), each reference's θ is solved (bisection, a few Gauss–Seidel rounds, NEW's θ
 following) so that its expected macro F1 under q — per-class expected TP/FP/FN — equals its known public F1.
 
 Then S label vectors are drawn from q together with random public halves, and on each draw we take the
@@ -37,7 +41,8 @@ reference) come from the same draws, so they include the unknown public split. A
 Assumptions: eval images are exchangeable with train images (same class shares), the public half is a
 random half, sources err independently given the true class (models of one family err together, which
 makes q too sure where they agree; anchoring on the known scores absorbs part of it), and NEW is at most
-as reliable as the references unless its runs' held-out predictions say it is surer. Measured on real
+as reliable as the references unless its runs' held-out predictions say otherwise. A twin is of the best
+checkpoints without TTA: a CSV predicted with TTA is taken as reliable as its model without it. Measured on real
 CSVs, the leaderboard played: benchmarks/estimator.py.
 """
 from __future__ import annotations
@@ -46,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from .data import labels as L
 from .errors import CompError
@@ -113,9 +119,10 @@ def _f1_gap(base: np.ndarray, src: Source, theta: float, ref: Reference) -> floa
 
 
 def anchor(prior: np.ndarray, refs: list[Reference], sources: list[Source], new: Source | None = None,
-           new_ratio: float = 1.0, rounds: int = 4) -> list[str]:
+           new_ratio: float = 1.0, rounds: int = 4, new_theta: float | None = None) -> list[str]:
     """Solves each reference's θ so its expected F1 under q matches its known F1. NEW's θ, when NEW is a
-    source, follows the references' mean θ times `new_ratio`. Returns warnings."""
+    source, follows the references' mean θ times `new_ratio`, or stays at `new_theta` (measured on labelled
+    images). Returns warnings."""
     n = len(refs[0].sub)
     warnings = []
     for r in range(rounds):
@@ -136,24 +143,39 @@ def anchor(prior: np.ndarray, refs: list[Reference], sources: list[Source], new:
                     lo, hi = (mid, hi) if _f1_gap(base, src, mid, ref) < 0 else (lo, mid)
                 src.theta = (lo + hi) / 2
             if new is not None:
-                new.theta = new_ratio * float(np.mean([s.theta for s in sources]))
+                new.theta = new_theta if new_theta is not None else new_ratio * float(np.mean([s.theta for s in sources]))
     return warnings
 
 
 def fit_temperature(source: Source, prior: np.ndarray, y: np.ndarray) -> float:
     """θ maximising the likelihood of true labels y under q ∝ π·exp(θ·data) (temperature scaling)."""
-    def nll(theta: float) -> float:
-        logq = np.log(prior) + theta * source.data
-        logq -= logq.max(1, keepdims=True)
-        return float(-(logq[np.arange(len(y)), y] - np.log(np.exp(logq).sum(1))).mean())
+    return float(fit_pool([source.data], prior, y, [THETA_RANGE[source.kind]])[0])
 
-    lo, hi = THETA_RANGE[source.kind]
-    g = (np.sqrt(5) - 1) / 2
-    a, b = lo, hi
-    for _ in range(60):  # golden-section search; the NLL is convex in θ
-        c, d = b - g * (b - a), a + g * (b - a)
-        a, b = (a, d) if nll(c) < nll(d) else (c, b)
-    return (a + b) / 2
+
+def fit_pool(datas: list[np.ndarray], prior: np.ndarray, y: np.ndarray, bounds: list[tuple[float, float]],
+             ridge: float = 1e-4) -> np.ndarray:
+    """θ of each source, fitted together: maximum likelihood of the true labels y under the pool
+    q ∝ π·exp(Σ_j θ_j·data_j). Unlike one temperature per source, it sees how the sources err together:
+    two that make the same mistakes share one weight, and one that is right where the others are wrong
+    earns its own. The small ridge on the spread of θ splits the weight of identical sources evenly."""
+    from scipy.optimize import minimize
+
+    x = np.stack(datas)  # (m, n, 18)
+    rows = np.arange(len(y))
+    at_y = x[:, rows, y]  # (m, n)
+
+    def nll(theta):
+        logq = np.log(prior) + np.tensordot(theta, x, 1)
+        logq -= logq.max(1, keepdims=True)
+        z = np.exp(logq)
+        z /= z.sum(1, keepdims=True)
+        dev = theta - theta.mean()
+        value = -(logq[rows, y] - np.log(np.exp(logq).sum(1))).mean() + ridge * (dev ** 2).sum()
+        grad = (np.einsum("nc,mnc->m", z, x) - at_y.sum(1)) / len(y) + 2 * ridge * dev
+        return value, grad
+
+    x0 = np.array([min(max(1.0, lo), hi) for lo, hi in bounds]) / len(datas)
+    return minimize(nll, x0, jac=True, method="L-BFGS-B", bounds=bounds).x
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -239,11 +261,17 @@ def _class_changes(new: Submission, ref: Submission) -> list[dict]:
 
 @dataclass
 class Calibration:
-    """NEW's labelled evidence: out-of-fold probabilities (or answers) of the model(s) that made it."""
+    """A CSV's labelled twin: its model(s)' held-out probabilities (or answers) on train images, with labels."""
     probs: np.ndarray | None
     ans: np.ndarray
     y: np.ndarray
+    images: np.ndarray  # train image keys, the rows' order
     note: str
+
+    def subset(self, images: np.ndarray) -> Calibration:
+        pos = pd.Series(np.arange(len(self.images)), index=self.images)[images].to_numpy()
+        return Calibration(None if self.probs is None else self.probs[pos], self.ans[pos], self.y[pos], images,
+                           self.note)
 
 
 def _draws(q: np.ndarray, new: Submission, refs: list[Reference], same: list[int], samples: int,
@@ -283,35 +311,50 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
         evidence.append("class prior: the references' predicted shares (no train data found)")
     prior = np.maximum(np.asarray(prior, float), 1e-4)
     prior /= prior.sum()
-    # One kind of evidence for all: probabilities when NEW and every reference have them, else answers.
+    # One kind of evidence for all (probabilities when NEW and every reference have them, else answers): a
+    # ratio of θs compares like with like. A θ measured on held-out twins needs no such care, so there each
+    # source gives what it has.
     use_probs = use_ref_probs and new.probs is not None and all(r.sub.probs is not None for r in refs)
-    for r in refs:
-        evidence.append(f"reference {r.name}: public F1 {r.f1:.4f}, {'probabilities' if use_probs else 'answers'}")
+    kinds = [use_probs] * (len(refs) + 1)  # NEW first
     # NEW is a source as sure as the references are on average (their anchored θ) times a ratio: fitted on
-    # out-of-fold predictions of NEW's model and of theirs when there are some, else unknown and integrated
-    # over (see the module docstring).
-    if calibration is not None and ref_calibrations and all(c is not None for c in ref_calibrations):
-        t_new = fit_temperature(make_source(calibration.probs if use_probs else None, calibration.ans, prior),
-                                prior, calibration.y)
-        t_refs = [fit_temperature(make_source(c.probs if use_probs else None, c.ans, prior), prior, c.y)
-                  for c in ref_calibrations]
-        measured = t_new / max(float(np.mean(t_refs)), 1e-6)
-        evidence.append(f"out-of-fold predictions of NEW's and the references' runs: NEW {measured:.2f}x as sure "
-                        f"as the references on labelled images ({calibration.note})")
+    # held-out predictions of NEW's model and theirs when there are some, else unknown and integrated over
+    # (see the module docstring).
+    measured = 1.0
+    joint = None
+    if ratio is None and calibration is not None and ref_calibrations and all(c is not None for c in ref_calibrations):
+        own = [use_ref_probs and s.probs is not None for s in [new] + [r.sub for r in refs]]
+        joint = measured_weight(calibration, ref_calibrations, prior, own, seed=seed)
+        if joint is not None:
+            kinds = own
+            evidence.append(f"held-out predictions of NEW's and the references' models on the same labelled images "
+                            f"({calibration.note}), fitted together: NEW's weight θ = {joint[0]:.2f} "
+                            f"(bootstrap {joint.min():.2f}–{joint.max():.2f})")
+        else:
+            t_new = fit_temperature(make_source(calibration.probs if use_probs else None, calibration.ans, prior),
+                                    prior, calibration.y)
+            t_refs = [fit_temperature(make_source(c.probs if use_probs else None, c.ans, prior), prior, c.y)
+                      for c in ref_calibrations]
+            measured = t_new / max(float(np.mean(t_refs)), 1e-6)
+            evidence.append(f"held-out predictions of NEW's and the references' models (not on the same images): "
+                            f"NEW {measured:.2f}x as sure as the references ({calibration.note})")
+    for r, probs in zip(refs, kinds[1:], strict=True):
+        evidence.append(f"reference {r.name}: public F1 {r.f1:.4f}, {'probabilities' if probs else 'answers'}")
+    if ratio is not None:
+        settings = [(ratio, None)]
+    elif joint is not None:
+        settings = [(1.0, float(t)) for t in joint]
     else:
-        measured = 1.0
-    ratios = [ratio] if ratio is not None else [measured * r for r in UNKNOWN_RATIOS]
-    if ratio is None:
-        evidence.append(f"averaged over NEW taken {ratios[0]:.2g}–{ratios[-1]:.2g}x as sure as the references "
-                        "(how much of NEW's disagreement with them is right is not measured by anything)")
+        settings = [(measured * r, None) for r in UNKNOWN_RATIOS]
+        evidence.append(f"averaged over NEW taken {settings[0][0]:.2g}–{settings[-1][0]:.2g}x as sure as the "
+                        "references (how much of NEW's disagreement with them is right is not measured by anything)")
     rng = np.random.default_rng(seed)
     same = [j for j, r in enumerate(refs) if np.array_equal(r.sub.ans, new.ans)]
-    per = -(-samples // len(ratios))
+    per = -(-samples // len(settings))
     f1_parts, acc_parts, warnings = [], [], []
-    for r in ratios:
-        sources = [make_source(x.sub.probs if use_probs else None, x.sub.ans, prior) for x in refs]
-        new_src = make_source(new.probs if use_probs else None, new.ans, prior)
-        warnings = anchor(prior, refs, sources, new_src, r)
+    for r, theta in settings:
+        sources = [make_source(x.sub.probs if k else None, x.sub.ans, prior) for x, k in zip(refs, kinds[1:], strict=True)]
+        new_src = make_source(new.probs if kinds[0] else None, new.ans, prior)
+        warnings = anchor(prior, refs, sources, new_src, r, new_theta=theta)
         f1_d, acc_d = _draws(posterior(prior, sources + [new_src], n), new, refs, same, per, rng)
         f1_parts.append(f1_d)
         acc_parts.append(acc_d)
@@ -339,31 +382,109 @@ def train_prior(data_root: Path | str | None) -> np.ndarray | None:
     return np.bincount(y, minlength=N) / len(y)
 
 
-def calibration_for(sub: Submission) -> Calibration | None:
-    """Labelled evidence for a CSV made by `comp predict` / `comp ensemble --fit`: the same blend of its runs'
-    held-out validation probabilities (out-of-fold ones with every fold), with their labels."""
+def calibration_for(sub: Submission, _depth: int = 0) -> Calibration | None:
+    """The labelled twin of a CSV: what its model(s) predicted on held-out train images (validation /
+    out-of-fold, same distribution as eval), combined the way the CSV was. Known for `comp predict` with the
+    best checkpoints, `comp ensemble --fit`, and `comp ensemble` blends of those; None otherwise (the last
+    checkpoint has no held-out predictions of its own)."""
     from . import runs as R
-    from .ensemble import apply_bias
+    from .ensemble import apply_bias, geo, per_task_vote, soft, vote
 
-    run_dirs = sub.meta.get("runs") or []
-    if not run_dirs:
+    meta = sub.meta
+    if meta.get("inputs") and meta.get("ensemble") in ("vote", "per-task", "soft", "geo") and _depth < 4:
+        try:
+            parts = [calibration_for(read_submission(p), _depth + 1) for p in meta["inputs"]]
+        except CompError:
+            return None
+        if any(c is None for c in parts):
+            return None
+        common = _common_images([c.images for c in parts])
+        if not len(common):
+            return None
+        parts = [c.subset(common) for c in parts]
+        w, method = meta.get("weights"), meta["ensemble"]
+        if method in ("soft", "geo"):
+            if any(c.probs is None for c in parts):
+                return None
+            probs = (soft if method == "soft" else geo)(np.stack([c.probs for c in parts]), w)
+            ans = probs.argmax(1)
+        else:
+            probs = None
+            ans = (vote if method == "vote" else per_task_vote)(np.stack([c.ans for c in parts]), w)
+        return Calibration(probs if sub.probs is not None else None, ans, parts[0].y, common,
+                           f"{method} blend of {len(parts)} held-out twins")
+    run_dirs = meta.get("runs") or []
+    if not run_dirs or meta.get("ckpt", "best") != "best":
         return None
+    if meta.get("ensemble") == "fit":
+        return _fit_twin(sub, run_dirs)
     try:
         vals = [R.read_validation(r) for r in run_dirs]
     except CompError:
         return None
-    common = set.intersection(*(set(v["image"]) for v in vals))  # images every run held out
-    if not common:
+    common = _common_images([v["image"].to_numpy() for v in vals])  # images every run held out
+    if not len(common):
         return None
-    oofs = [v[v["image"].isin(common)].sort_values("image", kind="stable").reset_index(drop=True) for v in vals]
-    w = np.asarray(sub.meta.get("weights") or np.ones(len(oofs)), float)
+    oofs = [v.set_index("image").loc[common] for v in vals]
+    w = np.asarray(meta.get("weights") or np.ones(len(oofs)), float)
     probs = np.tensordot(w / w.sum(), np.stack([R.oof_probs(o) for o in oofs]).astype(float), 1)
-    if sub.meta.get("bias"):
-        probs = apply_bias(probs, np.asarray(sub.meta["bias"], float))
+    if meta.get("bias"):
+        probs = apply_bias(probs, np.asarray(meta["bias"], float))
+    return Calibration(probs if sub.probs is not None else None, probs.argmax(1), oofs[0]["label"].to_numpy(),
+                       common, f"{len(common)} held-out images of {', '.join(Path(r).name for r in run_dirs)}")
+
+
+def _fit_twin(sub: Submission, run_dirs: list[str]) -> Calibration | None:
+    """The labelled twin of `comp ensemble --fit`: its weights (and class bias) fitted on the other
+    cross-fitting groups and applied to each, as in its honest OOF table; the final weights were fitted on
+    these very images, so their own held-out score would flatter the blend."""
+    from . import runs as R
+    from .ensemble import cross_fit_groups, cross_fitted, held_out
+
+    try:
+        oofs = [held_out(Path(r)) for r in run_dirs]
+    except CompError:
+        return None
+    if any(not o["image"].equals(oofs[0]["image"]) for o in oofs[1:]):
+        return None
+    probs = np.stack([R.oof_probs(o) for o in oofs]).astype(float)
     y = oofs[0]["label"].to_numpy()
-    use_probs = sub.probs is not None
-    return Calibration(probs if use_probs else None, probs.argmax(1), y,
-                       f"{len(y)} OOF images of {', '.join(Path(r).name for r in run_dirs)}")
+    table = sub.meta.get("oof") or {}
+    greedy = (table.get("greedy blend (held-out folds)", {}).get("f1", 1.0)
+              >= table.get("mean of runs", {}).get("f1", 0.0))  # else fit() fell back to the plain mean
+    use_bias = bool(np.any(sub.meta.get("bias") or 0))
+    held, held_b = cross_fitted(probs, y, cross_fit_groups(oofs[0]), greedy=greedy, with_bias=use_bias)
+    blended = held_b if use_bias else held
+    return Calibration(blended if sub.probs is not None else None, blended.argmax(1), y,
+                       oofs[0]["image"].to_numpy(dtype=object),
+                       f"{len(y)} held-out images of the fitted blend of {', '.join(Path(r).name for r in run_dirs)}")
+
+
+def _common_images(image_lists: list[np.ndarray]) -> np.ndarray:
+    common = set(image_lists[0]).intersection(*image_lists[1:])
+    return np.array(sorted(common), dtype=object)
+
+
+def measured_weight(new: Calibration, refs: list[Calibration], prior: np.ndarray, use_probs: list[bool],
+                    boots: int = 5, min_images: int = 100, seed: int = 0) -> np.ndarray | None:
+    """NEW's weight θ in the pool with the references, fitted jointly (fit_pool) on the labelled images that
+    NEW's and every reference's models held out: how much NEW's disagreements with the references are right,
+    measured. `use_probs`: per twin (NEW first), probabilities or answers. One θ per bootstrap resample of the
+    images (the fit's uncertainty). None when the held-out images do not overlap enough."""
+    common = _common_images([new.images] + [c.images for c in refs])
+    if len(common) < min_images:
+        return None
+    cals = [c.subset(common) for c in [new] + refs]
+    if any(not np.array_equal(c.y, cals[0].y) for c in cals):
+        return None  # same images, different labels: other age bins or relabels; not comparable
+    datas = [make_source(c.probs if p else None, c.ans, prior).data for c, p in zip(cals, use_probs, strict=True)]
+    bounds = [(0.0, THETA_RANGE["probs" if p else "answers"][1]) for p in use_probs]
+    rng = np.random.default_rng(seed)
+    thetas = []
+    for b in range(boots):
+        idx = np.arange(len(common)) if b == 0 else rng.integers(0, len(common), len(common))
+        thetas.append(fit_pool([d[idx] for d in datas], prior, cals[0].y[idx], bounds)[0])
+    return np.array(thetas)
 
 
 def load_references(ref_paths: list[Path], ref_f1: list[float], ref_acc: list[float] | None,

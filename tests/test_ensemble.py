@@ -20,7 +20,7 @@ from comp.ensemble import (
 )
 from comp.errors import CompError
 from comp.soup import make_soup
-from comp.submission import write_submission
+from comp.submission import read_submission, write_submission
 
 
 def test_vote_by_hand():
@@ -143,6 +143,12 @@ def test_fit_on_runs_end_to_end(tiny_runs, tmp_path):
     probs = np.load(tmp_path / "fit.probs.npy")
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
     assert (tiny_runs[0] / "predictions" / "eval-flip-best.csv").is_file()  # predict ran for the missing probs
+    # its labelled twin for `comp estimate`: every OOF image, the blend fitted without the image's own group
+    from comp.estimate import calibration_for
+
+    twin = calibration_for(read_submission(tmp_path / "fit.csv"))
+    oof = pd.read_parquet(tiny_runs[0] / "oof.parquet")
+    assert sorted(twin.images) == sorted(oof["image"]) and np.allclose(twin.probs.sum(1), 1, atol=1e-6)
 
 
 def test_fit_on_single_fold_runs_uses_their_held_out_fold(tiny_runs, tmp_path):
@@ -188,3 +194,20 @@ def test_soup_refuses_mismatched_architectures(tiny_runs, tmp_path):
     with pytest.raises(CompError, match="another fold"):
         make_soup([tiny_runs[0] / "fold0" / "best.safetensors", tiny_runs[0] / "fold1" / "best.safetensors"],
                   tmp_path / "soup")
+
+
+def test_blends_of_predictions_have_a_labelled_twin(tiny_runs, tmp_path):
+    """`comp estimate` measures a CSV's model on held-out images: the twin of a soft blend of two predictions
+    is the soft blend of the runs' validation probabilities; the last checkpoint has none."""
+    from comp.estimate import calibration_for
+    from comp.predict import predict
+    from comp.runs import oof_probs, read_validation
+
+    paths = [predict([r], tmp_path / f"{r.name}.csv", tta="none").csv for r in tiny_runs]
+    blend_files(paths, tmp_path / "blend.csv", method="soft")
+    twin = calibration_for(read_submission(tmp_path / "blend.csv"))
+    vals = [read_validation(r).set_index("image").loc[twin.images] for r in tiny_runs]
+    assert np.allclose(twin.probs, np.mean([oof_probs(v) for v in vals], 0), atol=1e-6)
+    assert (twin.y == vals[0]["label"].to_numpy()).all() and len(twin.images) == len(vals[0])
+    last = predict([tiny_runs[0]], tmp_path / "last.csv", tta="none", ckpt="last").csv
+    assert calibration_for(read_submission(last)) is None

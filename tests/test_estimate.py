@@ -172,3 +172,30 @@ def test_ledger_add_scores_against_an_answer_key(tmp_path):
     assert e.public_acc == pytest.approx(200 / 3)
     assert e.public_f1 == pytest.approx(metrics.macro_f1([0, 1, 5], [0, 1, 2]))
     assert runner.invoke(app, ["submissions", "add", str(tmp_path / "s.csv"), "--dir", str(tmp_path / "x")]).exit_code == 2
+
+
+def test_held_out_twins_measure_how_good_new_is():
+    """Without labelled evidence NEW is taken at most as reliable as the reference, so a much better NEW is
+    underestimated; its model's and the reference's held-out predictions on the same labelled images (the
+    runs' validation files) measure it. Here a quarter of the images play the held-out set."""
+    from comp.estimate import Calibration
+
+    err_blind, err_cal, ne = [], [], 2000
+    for seed in range(3):
+        for s_new, s_ref in ((2.0, 1.3), (1.0, 1.4)):
+            y, public, prior, model = _world(seed, n=3500)
+            p_new, p_ref = model(s_new), model(s_ref)
+            keep = public[:ne]
+            def truth(p, y=y[:ne], keep=keep):
+                return metrics.macro_f1(y[keep], p[:len(y)].argmax(1)[keep])
+            held = np.array([f"t{k}" for k in range(len(y) - ne)], dtype=object)
+            def twin(p, y=y[ne:], held=held):
+                return Calibration(p[-len(y):], p[-len(y):].argmax(1), y, held, "simulated")
+            ref = [Reference(_sub(p_ref[:ne], ne), truth(p_ref), None, "ref")]
+            new = _sub(p_new[:ne], ne)
+            err_blind.append(estimate(new, ref, prior, samples=400, seed=seed).f1 - truth(p_new))
+            e = estimate(new, ref, prior, twin(p_new), samples=400, seed=seed, ref_calibrations=[twin(p_ref)])
+            err_cal.append(e.f1 - truth(p_new))
+            assert any("fitted together" in line for line in e.evidence)
+    assert np.abs(err_cal).mean() < 0.5 * np.abs(err_blind).mean(), (err_cal, err_blind)
+    assert np.abs(err_cal).max() < 0.06, err_cal
