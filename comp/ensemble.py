@@ -74,6 +74,17 @@ def geo(probs, weights=None) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+def combine(method: str, answers: np.ndarray, probs: np.ndarray | None, weights=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The blend of M inputs by `method`: answers (M, N) and, for soft / geo, probabilities (M, N, 18) →
+    (answers (N,), probabilities (N, 18) or None)."""
+    if method == "vote":
+        return vote(answers, weights), None
+    if method == "per-task":
+        return per_task_vote(answers, weights), None
+    blended = (soft if method == "soft" else geo)(probs, weights)
+    return blended.argmax(1), blended
+
+
 def _weights(weights, m: int) -> np.ndarray:
     w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != (m,) or (w < 0).any() or w.sum() <= 0:
@@ -113,14 +124,7 @@ def blend_files(paths: list[Path | str], out: Path | str, weights=None, method: 
     subs = [subs[0]] + [s.reorder(subs[0].ids) for s in subs[1:]]
     w = _weights(weights, len(subs))
     answers = np.stack([s.ans for s in subs])
-    probs = None
-    if method == "vote":
-        ans = vote(answers, w)
-    elif method == "per-task":
-        ans = per_task_vote(answers, w)
-    else:
-        probs = (soft if method == "soft" else geo)(np.stack([s.probs for s in subs]), w)
-        ans = probs.argmax(1)
+    ans, probs = combine(method, answers, np.stack([s.probs for s in subs]) if need_probs else None, w)
     names = [s.path.name for s in subs]
     meta = {"ensemble": method, "inputs": [str(s.path) for s in subs], "weights": w.tolist(),
             "data": subs[0].meta.get("data")}
@@ -194,6 +198,7 @@ class FitPlan:
     bias: np.ndarray
     oof: dict  # name → OOF summary; 'mean', 'greedy', 'greedy+bias' are cross-fitted (held-out folds)
     use_bias: bool
+    greedy: bool  # False: greedy weights lost to the plain mean out of fold, so the weights are the mean
 
 
 def cross_fitted(probs: np.ndarray, y: np.ndarray, folds: np.ndarray, greedy: bool = True,
@@ -227,7 +232,7 @@ def fit_blend(probs: np.ndarray, y: np.ndarray, folds: np.ndarray, names: list[s
         oof[biased] = metrics.summarize(y, cross_fitted(probs, y, folds, greedy=False)[1].argmax(1))
     use_bias = oof[biased]["f1"] > oof[plain]["f1"]
     bias = tune_bias(np.tensordot(weights, probs, 1), y) if use_bias else np.zeros(probs.shape[2])
-    return FitPlan(weights, bias, oof, use_bias)
+    return FitPlan(weights, bias, oof, use_bias, greedy)
 
 
 @dataclass
@@ -274,13 +279,9 @@ def cross_fit_groups(oof: pd.DataFrame, k: int = 5) -> np.ndarray:
     return oof["person"].astype(str).map(group).to_numpy()
 
 
-def fit(run_dirs: list[Path | str], out: Path | str, data: Path | str | None = None, tta: str | None = None,
-        ckpt: str = "best", force: bool = False) -> FitResult:
-    run_dirs = [Path(r) for r in run_dirs]
-    if len(run_dirs) < 1:
-        raise CompError("--fit needs at least one run folder")
-    out = Path(out)
-    refuse_overwrite(out, force, "submission")
+def held_out_probs(run_dirs: list[Path]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The runs' held-out predictions on the same images: the first run's table (image, label, fold, person)
+    and the probabilities (M, N, 18). Runs that held out other images, labels or folds are refused."""
     oofs = [held_out(r) for r in run_dirs]
     for r, o in zip(run_dirs[1:], oofs[1:], strict=True):
         if not (o["image"].equals(oofs[0]["image"]) and o["label"].equals(oofs[0]["label"])
@@ -288,8 +289,18 @@ def fit(run_dirs: list[Path | str], out: Path | str, data: Path | str | None = N
             raise CompError(f"{r}: its held-out images, labels or folds differ from {run_dirs[0]}'s; fitted blends "
                             "need runs on the same data with the same data.folds, data.split_seed, age bins and "
                             "trained folds")
-    probs = np.stack([runs.oof_probs(o) for o in oofs]).astype(np.float64)
-    y, folds = oofs[0]["label"].to_numpy(), cross_fit_groups(oofs[0])
+    return oofs[0], np.stack([runs.oof_probs(o) for o in oofs]).astype(np.float64)
+
+
+def fit(run_dirs: list[Path | str], out: Path | str, data: Path | str | None = None, tta: str | None = None,
+        ckpt: str = "best", force: bool = False) -> FitResult:
+    run_dirs = [Path(r) for r in run_dirs]
+    if len(run_dirs) < 1:
+        raise CompError("--fit needs at least one run folder")
+    out = Path(out)
+    refuse_overwrite(out, force, "submission")
+    oof, probs = held_out_probs(run_dirs)
+    y, folds = oof["label"].to_numpy(), cross_fit_groups(oof)
     names = [r.name for r in run_dirs]
     plan = fit_blend(probs, y, folds, names)
     subs = [eval_probs(r, Path(data) if data else None, tta, ckpt)[0] for r in run_dirs]
@@ -298,7 +309,7 @@ def fit(run_dirs: list[Path | str], out: Path | str, data: Path | str | None = N
     blended = apply_bias(np.tensordot(plan.weights, np.stack([s.probs for s in subs]).astype(np.float64), 1),
                          plan.bias)
     meta = {"ensemble": "fit", "runs": [str(r) for r in run_dirs], "weights": plan.weights.tolist(),
-            "bias": plan.bias.tolist(), "data": subs[0].meta.get("data"), "tta": subs[0].meta.get("tta"),
+            "weighting": "greedy" if plan.greedy else "mean", "bias": plan.bias.tolist(), "data": subs[0].meta.get("data"), "tta": subs[0].meta.get("tta"),
             "oof": plan.oof}
     write_submission(out, subs[0].ids, blended.argmax(1), blended, meta, force=force)
     result = FitResult(out, names, plan)

@@ -51,11 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .data import labels as L
 from .errors import CompError
-from .submission import Submission, check_same_ids, read_submission
+from .submission import Submission, check_same_ids, positions, probs_path, read_meta, read_submission
 
 N = L.N_CLASSES
 _EYE = np.eye(N)
@@ -168,9 +167,10 @@ def fit_pool(datas: list[np.ndarray], prior: np.ndarray, y: np.ndarray, bounds: 
         logq = np.log(prior) + np.tensordot(theta, x, 1)
         logq -= logq.max(1, keepdims=True)
         z = np.exp(logq)
-        z /= z.sum(1, keepdims=True)
+        total = z.sum(1, keepdims=True)
+        z /= total
         dev = theta - theta.mean()
-        value = -(logq[rows, y] - np.log(np.exp(logq).sum(1))).mean() + ridge * (dev ** 2).sum()
+        value = -(logq[rows, y] - np.log(total[:, 0])).mean() + ridge * (dev ** 2).sum()
         grad = (np.einsum("nc,mnc->m", z, x) - at_y.sum(1)) / len(y) + 2 * ridge * dev
         return value, grad
 
@@ -269,7 +269,7 @@ class Calibration:
     note: str
 
     def subset(self, images: np.ndarray) -> Calibration:
-        pos = pd.Series(np.arange(len(self.images)), index=self.images)[images].to_numpy()
+        pos = positions(self.images, images)
         return Calibration(None if self.probs is None else self.probs[pos], self.ans[pos], self.y[pos], images,
                            self.note)
 
@@ -382,42 +382,39 @@ def train_prior(data_root: Path | str | None) -> np.ndarray | None:
     return np.bincount(y, minlength=N) / len(y)
 
 
-def calibration_for(sub: Submission, _depth: int = 0) -> Calibration | None:
+def calibration_for(sub: Submission) -> Calibration | None:
     """The labelled twin of a CSV: what its model(s) predicted on held-out train images (validation /
     out-of-fold, same distribution as eval), combined the way the CSV was. Known for `comp predict` with the
     best checkpoints, `comp ensemble --fit`, and `comp ensemble` blends of those; None otherwise (the last
     checkpoint has no held-out predictions of its own)."""
-    from . import runs as R
-    from .ensemble import apply_bias, geo, per_task_vote, soft, vote
+    return _twin(sub.meta, sub.probs is not None)
 
-    meta = sub.meta
-    if meta.get("inputs") and meta.get("ensemble") in ("vote", "per-task", "soft", "geo") and _depth < 4:
-        try:
-            parts = [calibration_for(read_submission(p), _depth + 1) for p in meta["inputs"]]
-        except CompError:
-            return None
+
+def _twin(meta: dict, with_probs: bool, depth: int = 0) -> Calibration | None:
+    """calibration_for on what a CSV's JSON says made it; blends recurse into their inputs' JSONs."""
+    from . import runs as R
+    from .ensemble import METHODS, apply_bias, combine
+
+    if meta.get("ensemble") in METHODS and meta.get("inputs") and depth < 4:
+        inputs = [Path(p) for p in meta["inputs"]]
+        parts = [_twin(read_meta(p), probs_path(p).is_file(), depth + 1) if p.is_file() else None for p in inputs]
         if any(c is None for c in parts):
             return None
         common = _common_images([c.images for c in parts])
         if not len(common):
             return None
         parts = [c.subset(common) for c in parts]
-        w, method = meta.get("weights"), meta["ensemble"]
-        if method in ("soft", "geo"):
-            if any(c.probs is None for c in parts):
-                return None
-            probs = (soft if method == "soft" else geo)(np.stack([c.probs for c in parts]), w)
-            ans = probs.argmax(1)
-        else:
-            probs = None
-            ans = (vote if method == "vote" else per_task_vote)(np.stack([c.ans for c in parts]), w)
-        return Calibration(probs if sub.probs is not None else None, ans, parts[0].y, common,
-                           f"{method} blend of {len(parts)} held-out twins")
+        if meta["ensemble"] in ("soft", "geo") and any(c.probs is None for c in parts):
+            return None
+        probs = np.stack([c.probs for c in parts]) if meta["ensemble"] in ("soft", "geo") else None
+        ans, probs = combine(meta["ensemble"], np.stack([c.ans for c in parts]), probs, meta.get("weights"))
+        return Calibration(probs if with_probs else None, ans, parts[0].y, common,
+                           f"{meta['ensemble']} blend of {len(parts)} held-out twins")
     run_dirs = meta.get("runs") or []
     if not run_dirs or meta.get("ckpt", "best") != "best":
         return None
     if meta.get("ensemble") == "fit":
-        return _fit_twin(sub, run_dirs)
+        return _fit_twin(meta, with_probs, [Path(r) for r in run_dirs])
     try:
         vals = [R.read_validation(r) for r in run_dirs]
     except CompError:
@@ -430,34 +427,27 @@ def calibration_for(sub: Submission, _depth: int = 0) -> Calibration | None:
     probs = np.tensordot(w / w.sum(), np.stack([R.oof_probs(o) for o in oofs]).astype(float), 1)
     if meta.get("bias"):
         probs = apply_bias(probs, np.asarray(meta["bias"], float))
-    return Calibration(probs if sub.probs is not None else None, probs.argmax(1), oofs[0]["label"].to_numpy(),
+    return Calibration(probs if with_probs else None, probs.argmax(1), oofs[0]["label"].to_numpy(),
                        common, f"{len(common)} held-out images of {', '.join(Path(r).name for r in run_dirs)}")
 
 
-def _fit_twin(sub: Submission, run_dirs: list[str]) -> Calibration | None:
+def _fit_twin(meta: dict, with_probs: bool, run_dirs: list[Path]) -> Calibration | None:
     """The labelled twin of `comp ensemble --fit`: its weights (and class bias) fitted on the other
     cross-fitting groups and applied to each, as in its honest OOF table; the final weights were fitted on
     these very images, so their own held-out score would flatter the blend."""
-    from . import runs as R
-    from .ensemble import cross_fit_groups, cross_fitted, held_out
+    from .ensemble import cross_fit_groups, cross_fitted, held_out_probs
 
     try:
-        oofs = [held_out(Path(r)) for r in run_dirs]
+        oof, probs = held_out_probs(run_dirs)
     except CompError:
         return None
-    if any(not o["image"].equals(oofs[0]["image"]) for o in oofs[1:]):
-        return None
-    probs = np.stack([R.oof_probs(o) for o in oofs]).astype(float)
-    y = oofs[0]["label"].to_numpy()
-    table = sub.meta.get("oof") or {}
-    greedy = (table.get("greedy blend (held-out folds)", {}).get("f1", 1.0)
-              >= table.get("mean of runs", {}).get("f1", 0.0))  # else fit() fell back to the plain mean
-    use_bias = bool(np.any(sub.meta.get("bias") or 0))
-    held, held_b = cross_fitted(probs, y, cross_fit_groups(oofs[0]), greedy=greedy, with_bias=use_bias)
+    y = oof["label"].to_numpy()
+    use_bias = bool(np.any(meta.get("bias") or 0))
+    held, held_b = cross_fitted(probs, y, cross_fit_groups(oof), greedy=meta.get("weighting", "greedy") == "greedy",
+                                with_bias=use_bias)
     blended = held_b if use_bias else held
-    return Calibration(blended if sub.probs is not None else None, blended.argmax(1), y,
-                       oofs[0]["image"].to_numpy(dtype=object),
-                       f"{len(y)} held-out images of the fitted blend of {', '.join(Path(r).name for r in run_dirs)}")
+    return Calibration(blended if with_probs else None, blended.argmax(1), y, oof["image"].to_numpy(dtype=object),
+                       f"{len(y)} held-out images of the fitted blend of {', '.join(r.name for r in run_dirs)}")
 
 
 def _common_images(image_lists: list[np.ndarray]) -> np.ndarray:

@@ -42,9 +42,20 @@ class Submission:
 
     def reorder(self, ids: np.ndarray) -> Submission:
         """The same submission in the order of `ids` (which must hold the same set)."""
-        pos = pd.Series(np.arange(len(self.ids)), index=self.ids)[ids].to_numpy()
+        pos = positions(self.ids, ids)
         probs = None if self.probs is None else self.probs[pos]
         return Submission(self.path, self.ids[pos], self.ans[pos], probs, self.meta)
+
+
+def positions(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Where each of `wanted` sits in `keys` (all must be there)."""
+    return pd.Series(np.arange(len(keys)), index=keys)[wanted].to_numpy()
+
+
+def read_meta(csv: Path | str) -> dict:
+    """The submission's NAME.json (what made it), or {} when there is none."""
+    mp = meta_path(csv)
+    return json.loads(mp.read_text()) if mp.is_file() else {}
 
 
 def read_submission(path: Path | str, need_probs: bool = False) -> Submission:
@@ -77,9 +88,7 @@ def read_submission(path: Path | str, need_probs: bool = False) -> Submission:
     elif need_probs:
         raise CompError(f"{path}: no probabilities file {pp.name}; soft blending needs the .probs.npy that "
                         "`comp predict` writes beside the CSV (or use --method vote / per-task)")
-    mp = meta_path(path)
-    meta = json.loads(mp.read_text()) if mp.is_file() else {}
-    return Submission(path, df["ImageID"].to_numpy(dtype=object), ans.to_numpy(np.int64), probs, meta)
+    return Submission(path, df["ImageID"].to_numpy(dtype=object), ans.to_numpy(np.int64), probs, read_meta(path))
 
 
 def check_same_ids(subs: list[Submission]) -> None:
