@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
+from timm.data.mixup import mixup_target
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
@@ -26,8 +27,8 @@ from comp.data.augment import build_augment
 from comp.data.cache import build_store
 from comp.data.loader import EpochSampler, ImageDataset, Normalizer, make_loader
 from comp.data.reader import load_train
-from comp.train.losses import Criterion, soft_targets
-from comp.train.models import Head, create_model
+from comp.models import Head, create_model
+from comp.train.losses import Criterion
 
 
 class PlainPIL(Dataset):
@@ -97,7 +98,7 @@ def main():
 
     def step(batch):
         x, y, _ = batch
-        loss = crit(model(norm(x)), soft_targets(y))
+        loss = crit(model(norm(x)), mixup_target(y, 18))
         loss.backward()
         opt.step()
         opt.zero_grad()

@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
 from . import ui
+from .blend import METHODS
 from .data import labels as L
+from .data.detectors import DETECTORS
+from .data.tta import TTA_VIEWS
 from .errors import CompError
+from .ledger import DAILY_LIMIT
 
 console = ui.console
 
@@ -23,7 +28,7 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except CompError as e:
             for line in e.lines:
-                console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+                console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             ctx.exit(e.exit_code)
 
 
@@ -100,12 +105,12 @@ def data_check(
         console.print(_class_table(r.class_counts, bins))
         console.print(_head_table(r.head_counts(), bins))
     for w in r.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     if r.problems:
         from .data.reader import problems_error
 
         for line in problems_error(r.problems).lines:
-            console.print(f"[bold red]problem:[/] {line}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]problem:[/] {escape(line)}", highlight=False, soft_wrap=True)
         console.print(f"[bold red]{len(r.problems)} problem(s): the data cannot be used as it is[/]")
         raise typer.Exit(2)
     console.print("[green]ok:[/] the data can be used")
@@ -136,7 +141,7 @@ def _head_table(heads, bins: L.AgeBins) -> Table:
 def data_crop(
     root: Path = typer.Argument(..., help="Dataset root holding train/ and eval/."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the cropped copy (same layout + crops.csv)."),
-    detector: str = typer.Option("mtcnn", "--detector", "-d", help="mtcnn | haar (weights shipped) | yolo (--weights)."),
+    detector: str = typer.Option("mtcnn", "--detector", "-d", help=f"{DETECTORS.choices} (yolo takes --weights; the others ship theirs)."),
     margin: float = typer.Option(0.3, "--margin", help="Share of the face size added on each side."),
     size: str = typer.Option(None, "--size", help="Resize crops to WIDTHxHEIGHT (default: keep their pixels, 3:4)."),
     weights: Path = typer.Option(None, "--weights", help="Weights file of --detector yolo."),
@@ -213,7 +218,7 @@ def predict_cmd(
     run: list[Path] = typer.Argument(..., help="Run folder(s) from `comp train`; a k-fold run means all its folds."),
     data: Path = typer.Option(None, "--data", help="Dataset root holding eval/ (default: the run's data.root)."),
     out: Path = typer.Option(None, "--out", "-o", help="Submission CSV (default submissions/<run>.csv)."),
-    tta: str = typer.Option(None, "--tta", help="none | flip | flip+scale (default: the run's predict.tta)."),
+    tta: str = typer.Option(None, "--tta", help=f"{TTA_VIEWS.choices} (default: the run's predict.tta)."),
     ckpt: str = typer.Option("best", "--ckpt", help="best | last checkpoint of each fold."),
     force: bool = typer.Option(False, "--force", help="Replace an existing submission of that name."),
     validate: bool = typer.Option(False, "--validate", help="Score the runs' validation folds with and without TTA instead."),
@@ -266,7 +271,7 @@ def ensemble_cmd(
     inputs: list[Path] = typer.Argument(..., help="Submission CSVs; with --fit or --soup, run folders (or checkpoints)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output CSV (a run folder with --soup)."),
     method: str = typer.Option("vote", "--method", "-m",
-                               help="vote | per-task | soft | geo. Ties in a vote go to the input with the larger "
+                               help=f"{METHODS.choices}. Ties in a vote go to the input with the larger "
                                     "weight, then to the one listed first."),
     weights: str = typer.Option(None, "--weights", "-w", help="Comma-separated weights, e.g. 2,1,1 (default equal)."),
     fit_: bool = typer.Option(False, "--fit", help="Inputs are runs: fit weights and class biases on their OOF files (or, for runs of some folds, on those held-out folds)."),
@@ -371,7 +376,7 @@ def submissions_add(
 @subs_app.command("list")
 def submissions_list(
     folder: Path = LEDGER_DIR,
-    daily_limit: int = typer.Option(10, "--daily-limit", help="Submissions allowed per day (UTC)."),
+    daily_limit: int = typer.Option(DAILY_LIMIT, "--daily-limit", help="Submissions allowed per day (UTC)."),
 ):
     """Scored submissions, best first, and today's slots."""
     from .ledger import read_ledger, used_today
@@ -435,9 +440,9 @@ def estimate_cmd(
             c.add_row(row["class"], str(row["ref"]), str(row["new"]), str(row["rows_changed"]))
         console.print(c)
     for line in e.evidence:
-        console.print(f"[dim]evidence: {line}[/]", highlight=False)
+        console.print(f"[dim]evidence: {escape(line)}[/]", highlight=False)
     for w in e.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     console.print(f"P(beats the best reference {e.best_ref}, {e.best_ref_f1:.4f}) = [bold]{e.p_better:.0%}[/]")
 
 

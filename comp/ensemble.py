@@ -1,12 +1,6 @@
 """`comp ensemble`: blend submissions, or fit a blend of runs on their out-of-fold predictions.
 
-Methods on submission files (all weighted; output in the first input's order):
-- vote      majority of answers; a tie goes to the input with the larger weight, then the one listed first.
-- per-task  the answers decoded to (mask, gender, age), a vote per head with the same tie rule, encoded
-            again: the heads err independently, so this often beats a plain vote.
-- soft      arithmetic mean of the inputs' .probs.npy.
-- geo       geometric mean of the probabilities (renormalised): an input that is sure a class is wrong
-            vetoes it.
+Blend methods on submission files: `comp.blend` (vote / per-task / soft / geo, weighted).
 
 --fit on runs: Caruana et al. (2004) greedy forward selection with replacement on the runs' OOF
 probabilities, maximising macro F1, then a per-class log-prior shift tuned for macro F1 (the principled form
@@ -23,73 +17,11 @@ import numpy as np
 import pandas as pd
 
 from . import metrics, runs
-from .data import labels as L
+from .blend import METHODS, combine, weights_of
 from .data.reader import load_truth, read_truth
 from .errors import CompError
 from .fileio import refuse_overwrite
 from .submission import Submission, check_same_ids, read_submission, score, write_submission
-
-METHODS = ("vote", "per-task", "soft", "geo")
-
-
-# ------------------------------------------------------------------------------------------ blending
-def _weighted_vote(answers: np.ndarray, weights: np.ndarray, n_classes: int) -> np.ndarray:
-    """answers (M, N) → (N,). Ties: the input with the larger weight, then the one listed first."""
-    m, n = answers.shape
-    score = np.zeros((n, n_classes))
-    for i in range(m):
-        np.add.at(score, (np.arange(n), answers[i]), weights[i])
-    top = score == score.max(1, keepdims=True)
-    out = np.full(n, -1, dtype=np.int64)
-    for i in sorted(range(m), key=lambda i: (-weights[i], i)):  # the tie-break order
-        take = (out < 0) & top[np.arange(n), answers[i]]
-        out[take] = answers[i][take]
-    return out
-
-
-def vote(answers, weights=None) -> np.ndarray:
-    answers = np.asarray(answers, dtype=np.int64)
-    return _weighted_vote(answers, _weights(weights, len(answers)), L.N_CLASSES)
-
-
-def per_task_vote(answers, weights=None) -> np.ndarray:
-    answers = np.asarray(answers, dtype=np.int64)
-    w = _weights(weights, len(answers))
-    heads = [L.decode_heads(a) for a in answers]
-    voted = {h: _weighted_vote(np.stack([x[h] for x in heads]), w, L.HEAD_SIZES[h]) for h in L.HEADS}
-    return np.asarray(L.encode(voted["mask"], voted["gender"], voted["age"]), dtype=np.int64)
-
-
-def soft(probs, weights=None) -> np.ndarray:
-    p = np.asarray(probs, dtype=np.float64)
-    w = _weights(weights, len(p))
-    return np.tensordot(w / w.sum(), p, axes=1)
-
-
-def geo(probs, weights=None) -> np.ndarray:
-    p = np.asarray(probs, dtype=np.float64)
-    w = _weights(weights, len(p))
-    logp = np.tensordot(w / w.sum(), np.log(np.clip(p, 1e-8, 1.0)), axes=1)
-    e = np.exp(logp - logp.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
-def combine(method: str, answers: np.ndarray, probs: np.ndarray | None, weights=None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The blend of M inputs by `method`: answers (M, N) and, for soft / geo, probabilities (M, N, 18) →
-    (answers (N,), probabilities (N, 18) or None)."""
-    if method == "vote":
-        return vote(answers, weights), None
-    if method == "per-task":
-        return per_task_vote(answers, weights), None
-    blended = (soft if method == "soft" else geo)(probs, weights)
-    return blended.argmax(1), blended
-
-
-def _weights(weights, m: int) -> np.ndarray:
-    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (m,) or (w < 0).any() or w.sum() <= 0:
-        raise CompError(f"--weights: need {m} non-negative numbers, not all 0 (got {list(np.atleast_1d(w))})")
-    return w
 
 
 @dataclass
@@ -112,17 +44,15 @@ def _truth_for(subs: list[Submission], truth: Path | None):
 
 def blend_files(paths: list[Path | str], out: Path | str, weights=None, method: str = "vote", force: bool = False,
                 truth: Path | str | None = None) -> BlendResult:
-    if method not in METHODS:
-        raise CompError(f"--method {method}: choose one of {', '.join(METHODS)}")
+    need_probs = METHODS.resolve(method, "--method").needs_probs
     if len(paths) < 2:
         raise CompError("give at least two submissions to blend")
     out = Path(out)
     refuse_overwrite(out, force, "submission")
-    need_probs = method in ("soft", "geo")
     subs = [read_submission(p, need_probs=need_probs) for p in paths]
     check_same_ids(subs)
     subs = [subs[0]] + [s.reorder(subs[0].ids) for s in subs[1:]]
-    w = _weights(weights, len(subs))
+    w = weights_of(weights, len(subs))
     answers = np.stack([s.ans for s in subs])
     ans, probs = combine(method, answers, np.stack([s.probs for s in subs]) if need_probs else None, w)
     names = [s.path.name for s in subs]

@@ -297,8 +297,7 @@ def _draws(q: np.ndarray, new: Submission, refs: list[Reference], same: list[int
 
 def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = None,
              calibration: Calibration | None = None, samples: int = 2000, seed: int = 0,
-             use_ref_probs: bool = True, ref_calibrations: list[Calibration | None] | None = None,
-             ratio: float | None = None) -> Estimate:
+             ref_calibrations: list[Calibration | None] | None = None) -> Estimate:
     if not refs:
         raise CompError("no reference: give --ref REF.csv --ref-f1 F, or add scored submissions with "
                         "`comp submissions add`")
@@ -314,15 +313,15 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
     # One kind of evidence for all (probabilities when NEW and every reference have them, else answers): a
     # ratio of θs compares like with like. A θ measured on held-out twins needs no such care, so there each
     # source gives what it has.
-    use_probs = use_ref_probs and new.probs is not None and all(r.sub.probs is not None for r in refs)
+    use_probs = new.probs is not None and all(r.sub.probs is not None for r in refs)
     kinds = [use_probs] * (len(refs) + 1)  # NEW first
     # NEW is a source as sure as the references are on average (their anchored θ) times a ratio: fitted on
     # held-out predictions of NEW's model and theirs when there are some, else unknown and integrated over
     # (see the module docstring).
     measured = 1.0
     joint = None
-    if ratio is None and calibration is not None and ref_calibrations and all(c is not None for c in ref_calibrations):
-        own = [use_ref_probs and s.probs is not None for s in [new] + [r.sub for r in refs]]
+    if calibration is not None and ref_calibrations and all(c is not None for c in ref_calibrations):
+        own = [s.probs is not None for s in [new] + [r.sub for r in refs]]
         joint = measured_weight(calibration, ref_calibrations, prior, own, seed=seed)
         if joint is not None:
             kinds = own
@@ -339,9 +338,7 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
                             f"NEW {measured:.2f}x as sure as the references ({calibration.note})")
     for r, probs in zip(refs, kinds[1:], strict=True):
         evidence.append(f"reference {r.name}: public F1 {r.f1:.4f}, {'probabilities' if probs else 'answers'}")
-    if ratio is not None:
-        settings = [(ratio, None)]
-    elif joint is not None:
+    if joint is not None:
         settings = [(1.0, float(t)) for t in joint]
     else:
         settings = [(measured * r, None) for r in UNKNOWN_RATIOS]
@@ -393,7 +390,8 @@ def calibration_for(sub: Submission) -> Calibration | None:
 def _twin(meta: dict, with_probs: bool, depth: int = 0) -> Calibration | None:
     """calibration_for on what a CSV's JSON says made it; blends recurse into their inputs' JSONs."""
     from . import runs as R
-    from .ensemble import METHODS, apply_bias, combine
+    from .blend import METHODS, combine
+    from .ensemble import apply_bias
 
     if meta.get("ensemble") in METHODS and meta.get("inputs") and depth < 4:
         inputs = [Path(p) for p in meta["inputs"]]
@@ -404,9 +402,10 @@ def _twin(meta: dict, with_probs: bool, depth: int = 0) -> Calibration | None:
         if not len(common):
             return None
         parts = [c.subset(common) for c in parts]
-        if meta["ensemble"] in ("soft", "geo") and any(c.probs is None for c in parts):
+        needs_probs = METHODS[meta["ensemble"]].needs_probs
+        if needs_probs and any(c.probs is None for c in parts):
             return None
-        probs = np.stack([c.probs for c in parts]) if meta["ensemble"] in ("soft", "geo") else None
+        probs = np.stack([c.probs for c in parts]) if needs_probs else None
         ans, probs = combine(meta["ensemble"], np.stack([c.ans for c in parts]), probs, meta.get("weights"))
         return Calibration(probs if with_probs else None, ans, parts[0].y, common,
                            f"{meta['ensemble']} blend of {len(parts)} held-out twins")

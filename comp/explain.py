@@ -30,7 +30,7 @@ from .data.loader import Normalizer
 from .data.reader import parse_folder_name
 from .errors import CompError
 from .fileio import atomic_dir
-from .train.models import Head
+from .models import Head
 
 TILE_HEIGHT = 160  # display height of a tile, in pixels: training images are often only 64-128 tall
 TILES_PER_PAGE = 24

@@ -6,35 +6,13 @@ probabilities from the same checkpoint.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import ui
-from .train.models import Head
-
-
-def _flip(x: torch.Tensor) -> torch.Tensor:
-    return x.flip(3)
-
-
-def _zoom(scale: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Enlarge by `scale` and centre-crop back: the model sees the face a little closer."""
-    def view(x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        big = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-        top, left = (big.shape[-2] - h) // 2, (big.shape[-1] - w) // 2
-        return big[..., top:top + h, left:left + w]
-    return view
-
-
-TTA_VIEWS: dict[str, list[Callable[[torch.Tensor], torch.Tensor]]] = {
-    "none": [lambda x: x],
-    "flip": [lambda x: x, _flip],
-    "flip+scale": [lambda x: x, _flip, _zoom(1.1), lambda x: _flip(_zoom(1.1)(x))],
-}
+from .data.tta import TTA_VIEWS
+from .models import Head
 
 
 @torch.no_grad()
@@ -45,7 +23,7 @@ def predict_views(model: torch.nn.Module, head: Head, loader, normalize: torch.n
     The loader yields (uint8 images, labels, indices); with Accelerate, batches of all processes are
     gathered, duplicates from uneven splitting dropped."""
     model.eval()
-    views = TTA_VIEWS[tta]
+    views = TTA_VIEWS.resolve(tta, "--tta")
     probs, index = [], []
     for x, _, i in ui.track(loader, desc, total=len(loader)):
         x = normalize(x)

@@ -17,9 +17,10 @@ from . import metrics, runs
 from .config import Config, read_run_config
 from .data.loader import Normalizer
 from .data.reader import load_truth
+from .data.tta import TTA_VIEWS
 from .errors import CompError
 from .fileio import refuse_overwrite
-from .inference import TTA_VIEWS, predict_views
+from .inference import predict_views
 from .submission import score, write_submission
 
 
@@ -66,8 +67,7 @@ def predict(run_dirs: list[Path | str], out: Path | str, data: Path | str | None
     for r in run_dirs:
         runs.trained_folds(r)  # fail before any work when a run is unfinished
     tta = tta or cfgs[0].predict.tta
-    if tta not in TTA_VIEWS:
-        raise CompError(f"--tta {tta}: choose one of {', '.join(TTA_VIEWS)}")
+    TTA_VIEWS.check(tta, "--tta")
     root = Path(data) if data else Path(cfgs[0].data.root)
     # every info.csv image must exist before any work; a run with data.crop reads the cropped copy
     evals = [runs.eval_frame(c, root) for c in cfgs]
@@ -112,8 +112,7 @@ def validate(run_dirs: list[Path | str], tta: str | None = None, ckpt: str = "be
     for run, cfg in zip(map(Path, run_dirs), cfgs, strict=True):
         df = runs.train_frame(cfg)
         t = tta or cfg.predict.tta
-        if t not in TTA_VIEWS:
-            raise CompError(f"--tta {t}: choose one of {', '.join(TTA_VIEWS)}")
+        TTA_VIEWS.check(t, "--tta")
         ys, plain, mean = [], [], []
         folds = runs.trained_folds(run)
         for k in folds:

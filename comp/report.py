@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,9 +119,9 @@ def _scores_row(name: str, s: dict, *extra) -> list:
 def pooled_validation(run: Path, folds: list[int], df: pd.DataFrame) -> Validation:
     index, fold, probs = [], [], []
     for k in folds:
-        d = runs.fold_dir(run, k)
-        index.append(np.load(d / "val_index.npy"))
-        probs.append(np.load(d / "val_probs.npy"))
+        p, rows = runs.read_fold_validation(runs.fold_dir(run, k))
+        index.append(rows)
+        probs.append(p)
         fold.append(np.full(len(index[-1]), k))
     index = np.concatenate(index)
     return Validation(index, np.concatenate(fold), np.concatenate(probs), df["label"].to_numpy()[index])
@@ -161,7 +160,7 @@ def summary_section(run: Path, cfg: Config, folds: list[int], val: Validation, d
           ("train images", f"{len(df)} ({df['person'].nunique()} people)")]
     rows = []
     for k in folds:
-        done = json.loads((runs.fold_dir(run, k) / "done").read_text())
+        done = runs.read_done(runs.fold_dir(run, k))
         best = done.get("best") or {}
         if best:
             rows.append(_scores_row(f"fold {k}", best, done["best_epoch"]))
@@ -174,7 +173,7 @@ def summary_section(run: Path, cfg: Config, folds: list[int], val: Validation, d
 def curves_section(folder: Path, run: Path, folds: list[int]) -> Section:
     from .plots import save_curves
 
-    histories = {f"fold {k}": pd.read_csv(runs.fold_dir(run, k) / "metrics.csv") for k in folds}
+    histories = {f"fold {k}": runs.read_metrics(runs.fold_dir(run, k)) for k in folds}
     png = save_curves(histories, folder / "curves.png", f"{run.name}: training curves")
     return Section("curves", "Training curves", _figures(_figure(png, "loss and validation macro F1 per epoch")))
 

@@ -9,27 +9,37 @@
     runs/NAME/fold{k}/state/              Accelerate state for --resume
     runs/NAME/fold{k}/metrics.csv         one row per epoch
     runs/NAME/fold{k}/val_probs.npy       validation probabilities of the best epoch (+ val_index.npy)
-    runs/NAME/fold{k}/done                written when the fold finished
+    runs/NAME/fold{k}/confusion.csv/.png  confusion matrix of the best epoch on the validation fold
+    runs/NAME/fold{k}/done                written when the fold finished (best epoch and its scores)
+
+Every writer and reader of these files is here: the engine and soups write through it; predict,
+ensemble, estimate and report read through it. Each file is written atomically.
 """
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .config import Config, read_run_config
+from . import metrics
+from .config import Config, read_run_config, save_config
 from .data import labels as L
 from .data.cache import build_store
 from .data.loader import ImageDataset, make_loader
 from .data.reader import load_eval, load_train
 from .data.splits import assign_folds
 from .errors import CompError
-from .train.models import Head, create_model, load_weights_file
+from .fileio import atomic_path, atomic_write
+from .models import Head, create_model, load_weights_file
 
 CHECKPOINTS = ("best", "last")
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "f1", "f1_mask", "f1_gender", "f1_age", "acc",
+                  "seconds", "images_per_s"]
 
 
 def bins_of(cfg: Config) -> L.AgeBins:
@@ -107,11 +117,6 @@ def load_run(run: Path | str, fold: int, which: str = "best") -> tuple[torch.nn.
     return model.eval(), head, cfg
 
 
-def run_info(run: Path | str) -> dict:
-    p = Path(run) / "run.json"
-    return json.loads(p.read_text()) if p.is_file() else {}
-
-
 def read_oof(run: Path | str) -> pd.DataFrame:
     p = Path(run) / "oof.parquet"
     if not p.is_file():
@@ -129,3 +134,99 @@ def read_validation(run: Path | str) -> pd.DataFrame:
 
 def oof_probs(oof: pd.DataFrame) -> np.ndarray:
     return oof[[f"p{c}" for c in range(L.N_CLASSES)]].to_numpy(np.float32)
+
+
+# ------------------------------------------------------------------------------------------- writers
+def prepare_run(cfg: Config, out: Path, resume: bool, force: bool) -> None:
+    """Refuses to clobber a run; with --resume, the saved config must be the one asked for."""
+    if (out / "config.yaml").exists():
+        if resume:
+            saved = read_run_config(out).flat()
+            diff = sorted(k for k, v in cfg.flat().items() if saved.get(k) != v)
+            if diff:
+                raise CompError(f"{out}: --resume with a different config ({', '.join(diff[:5])}); resume with the "
+                                "same pipeline and --set, or train into a new --out")
+        elif force:
+            shutil.rmtree(out)
+        else:
+            raise CompError(f"{out}: a run already exists here; --resume it, --force to start over, or pick --out")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
+
+
+def save_fold_validation(fold: Path, probs: np.ndarray, index: np.ndarray) -> None:
+    """The best epoch's validation probabilities, rows in train-frame order, and their train-frame rows."""
+    order = np.argsort(index)
+    _save_npy(fold / "val_probs.npy", probs[order])
+    _save_npy(fold / "val_index.npy", index[order])
+
+
+def read_fold_validation(fold: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (n, 18), train-frame rows (n,)) of a fold's best epoch."""
+    return np.load(fold / "val_probs.npy"), np.load(fold / "val_index.npy")
+
+
+def write_metrics(fold: Path, history: list[dict]) -> None:
+    with atomic_write(fold / "metrics.csv", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(history)
+
+
+def read_metrics(fold: Path) -> pd.DataFrame:
+    return pd.read_csv(fold / "metrics.csv")
+
+
+def write_confusion(fold: Path, y: np.ndarray, pred: np.ndarray) -> None:
+    from .plots import save_confusion
+
+    cm = metrics.confusion(y, pred)
+    with atomic_write(fold / "confusion.csv", newline="") as fh:
+        csv.writer(fh).writerows([[""] + list(range(L.N_CLASSES))] + [[i, *row] for i, row in enumerate(cm)])
+    save_confusion(cm, fold / "confusion.png", title=f"{fold.name}: best epoch, validation")
+
+
+def mark_done(fold: Path, best_epoch: int, best: dict) -> None:
+    with atomic_write(fold / "done") as fh:
+        json.dump({"best_epoch": best_epoch, "best": best}, fh)
+
+
+def read_done(fold: Path) -> dict:
+    """{'best_epoch': k, 'best': scores of that epoch} of a finished fold."""
+    return json.loads((fold / "done").read_text())
+
+
+def write_held_out(run: Path, df: pd.DataFrame, folds: list[int]) -> dict | None:
+    """validation.parquet: each validated train image (of the trained folds) with its label and 18
+    probabilities from the fold that held it out; oof.parquet, the same, once every fold is trained.
+    Returns the OOF scores when complete."""
+    probs = np.full((len(df), L.N_CLASSES), np.nan, np.float32)
+    for k in folds:
+        p, index = read_fold_validation(fold_dir(run, k))
+        probs[index] = p
+    oof = pd.DataFrame({"image": df["image"], "person": df["person"], "fold": df["fold"], "label": df["label"]})
+    oof = pd.concat([oof, pd.DataFrame(probs, columns=[f"p{c}" for c in range(L.N_CLASSES)])], axis=1)
+    done = ~np.isnan(probs).any(1)
+    targets = [("validation.parquet", oof[done])] + ([("oof.parquet", oof)] if done.all() else [])
+    for name, frame in targets:
+        with atomic_path(run / name) as tmp:
+            frame.to_parquet(tmp, index=False)
+    return metrics.summarize(df["label"].to_numpy(), probs.argmax(1)) if done.all() else None
+
+
+def write_run_info(run: Path, info: dict) -> None:
+    with atomic_write(run / "run.json") as fh:
+        json.dump(info, fh, indent=1, default=float)

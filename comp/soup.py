@@ -13,7 +13,6 @@ their validation scores are comparable and unseen by every ingredient. The resul
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +24,7 @@ from safetensors.torch import load_file
 from . import metrics, runs
 from .config import Config, read_run_config, save_config
 from .errors import CompError
-from .fileio import atomic_dir, atomic_path, atomic_write
-from .train.engine import save_weights, write_metrics
+from .fileio import atomic_dir
 
 
 @dataclass
@@ -128,17 +126,12 @@ def make_soup(inputs: list[Path | str], out: Path | str, kind: str = "greedy", f
         fold.mkdir()
         model.load_state_dict(final)
         for name in ("best", "last"):
-            save_weights(model, fold / f"{name}.safetensors")
-        with atomic_path(fold / "val_probs.npy") as t, open(t, "wb") as fh:
-            np.save(fh, probs)
-        with atomic_path(fold / "val_index.npy") as t, open(t, "wb") as fh:
-            np.save(fh, np.flatnonzero(df["fold"].to_numpy() == ings[0].fold))
+            runs.save_weights(model, fold / f"{name}.safetensors")
+        runs.save_fold_validation(fold, probs, np.flatnonzero(df["fold"].to_numpy() == ings[0].fold))
         row = {"epoch": 1, **metrics.summarize(y, probs.argmax(1))}
-        write_metrics(fold / "metrics.csv", [row])
-        with atomic_write(fold / "done") as fh:
-            json.dump({"best_epoch": 1, "best": row}, fh)
-        with atomic_write(tmp / "run.json") as fh:
-            json.dump({"name": Path(out).name, "soup": kind, "folds": [ings[0].fold], "f1": final_f1,
-                       "ingredients": [{"ckpt": str(i.ckpt), "val_f1": i.f1} for i in ings],
-                       "greedy_members": [str(ings[j].ckpt) for j in members]}, fh, indent=1)
+        runs.write_metrics(fold, [row])
+        runs.mark_done(fold, 1, row)
+        runs.write_run_info(tmp, {"name": Path(out).name, "soup": kind, "folds": [ings[0].fold], "f1": final_f1,
+                                  "ingredients": [{"ckpt": str(i.ckpt), "val_f1": i.f1} for i in ings],
+                                  "greedy_members": [str(ings[j].ckpt) for j in members]})
     return SoupResult(Path(out), ings, uniform_f1, best, members, kind)

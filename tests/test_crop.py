@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from comp import runs
 from comp.cli import app
 from comp.data import crop
+from comp.data.detectors import DETECTORS
 from comp.data.reader import load_eval, load_train
 from comp.errors import CompError
 
@@ -42,7 +43,7 @@ class FakeDetector:
 
 @pytest.fixture
 def fake(monkeypatch):
-    monkeypatch.setitem(crop.DETECTORS, "fake", FakeDetector)
+    monkeypatch.setitem(DETECTORS, "fake", FakeDetector)
     monkeypatch.setattr(FakeDetector, "calls", 0)
     monkeypatch.setattr(FakeDetector, "images", 0)
     return FakeDetector
@@ -214,7 +215,7 @@ def test_png_stays_png(tmp_path):
 
 
 def test_refusals(tiny_root, tiny_copy, tmp_path, fake):
-    with pytest.raises(CompError, match="unknown; choose one of"):
+    with pytest.raises(CompError, match="is not a known face detector; choose one of mtcnn, haar, yolo"):
         crop.crop_dataset(tiny_root, tmp_path / "a", "nope")
     assert not (tmp_path / "a").exists()
     with pytest.raises(CompError, match="margin"):

@@ -5,19 +5,10 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from comp import metrics
+from comp.blend import geo, per_task_vote, soft, vote
 from comp.cli import app
 from comp.data import labels as L
-from comp.ensemble import (
-    blend_files,
-    cross_fit_groups,
-    fit_blend,
-    geo,
-    greedy_select,
-    per_task_vote,
-    soft,
-    tune_bias,
-    vote,
-)
+from comp.ensemble import blend_files, cross_fit_groups, fit_blend, greedy_select, tune_bias
 from comp.errors import CompError
 from comp.soup import make_soup
 from comp.submission import read_submission, write_submission

@@ -15,9 +15,9 @@ from comp.data import labels as L
 from comp.data.cache import load_resized
 from comp.data.loader import Normalizer
 from comp.errors import CompError
+from comp.models import Head
 from comp.report import make_report
 from comp.submission import write_submission
-from comp.train.models import Head
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

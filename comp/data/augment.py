@@ -13,28 +13,29 @@ import cv2
 import numpy as np
 
 from ..errors import CompError
+from ..registry import Registry
 
-# Geometric changes stay small: the mask must still sit where it sits (over the nose / on the chin).
-PRESETS: dict[str, list[dict[str, Any]]] = {
-    "none": [],
-    "light": [
-        {"HorizontalFlip": {"p": 0.5}},
-        {"Affine": {"scale": (0.92, 1.08), "translate_percent": (-0.04, 0.04), "rotate": (-8, 8),
-                    "border_mode": cv2.BORDER_REFLECT_101, "p": 0.7}},
-        {"RandomBrightnessContrast": {"brightness_limit": 0.15, "contrast_limit": 0.15, "p": 0.5}},
-    ],
-    "strong": [
-        {"HorizontalFlip": {"p": 0.5}},
-        {"Affine": {"scale": (0.85, 1.15), "translate_percent": (-0.06, 0.06), "rotate": (-12, 12),
-                    "border_mode": cv2.BORDER_REFLECT_101, "p": 0.8}},
-        {"ColorJitter": {"brightness": 0.25, "contrast": 0.25, "saturation": 0.25, "hue": 0.04, "p": 0.7}},
-        {"ToGray": {"p": 0.05}},
-        {"GaussNoise": {"std_range": (0.02, 0.08), "p": 0.2}},
-        {"ImageCompression": {"quality_range": (50, 95), "p": 0.3}},
-        {"CoarseDropout": {"num_holes_range": (1, 3), "hole_height_range": (0.05, 0.15),
-                           "hole_width_range": (0.05, 0.15), "p": 0.3}},
-    ],
-}
+# name → albumentations ops. Geometric changes stay small: the mask must still sit where it sits (over the
+# nose / on the chin).
+PRESETS = Registry("augmentation preset", "augment.preset")
+PRESETS.register("none", [])
+PRESETS.register("light", [
+    {"HorizontalFlip": {"p": 0.5}},
+    {"Affine": {"scale": (0.92, 1.08), "translate_percent": (-0.04, 0.04), "rotate": (-8, 8),
+                "border_mode": cv2.BORDER_REFLECT_101, "p": 0.7}},
+    {"RandomBrightnessContrast": {"brightness_limit": 0.15, "contrast_limit": 0.15, "p": 0.5}},
+])
+PRESETS.register("strong", [
+    {"HorizontalFlip": {"p": 0.5}},
+    {"Affine": {"scale": (0.85, 1.15), "translate_percent": (-0.06, 0.06), "rotate": (-12, 12),
+                "border_mode": cv2.BORDER_REFLECT_101, "p": 0.8}},
+    {"ColorJitter": {"brightness": 0.25, "contrast": 0.25, "saturation": 0.25, "hue": 0.04, "p": 0.7}},
+    {"ToGray": {"p": 0.05}},
+    {"GaussNoise": {"std_range": (0.02, 0.08), "p": 0.2}},
+    {"ImageCompression": {"quality_range": (50, 95), "p": 0.3}},
+    {"CoarseDropout": {"num_holes_range": (1, 3), "hole_height_range": (0.05, 0.15),
+                       "hole_width_range": (0.05, 0.15), "p": 0.3}},
+])
 
 
 def _make(spec: Any) -> A.BasicTransform:
@@ -57,7 +58,7 @@ def _make(spec: Any) -> A.BasicTransform:
 
 def build_augment(preset: str = "light", ops: list | None = None) -> A.Compose | None:
     """The training transform, or None when there is nothing to do."""
-    specs = ops if ops is not None else PRESETS[preset]
+    specs = ops if ops is not None else PRESETS.resolve(preset)
     if not specs:
         return None
     return A.Compose([_make(s) for s in specs])

@@ -21,6 +21,7 @@ from ..fileio import atomic_path, atomic_write
 from .images import read_image
 
 CACHE_VERSION = 1
+CACHE_MODES = ("disk", "memory", "none")  # data.cache
 
 
 def default_cache_dir() -> Path:

@@ -39,10 +39,6 @@ class CheckReport:
         heads = L.decode_heads(self.train["label"].to_numpy(np.int64))
         return {h: np.bincount(v, minlength=L.HEAD_SIZES[h]) for h, v in heads.items()}
 
-    @property
-    def usable(self) -> bool:
-        return not self.problems
-
 
 def _imbalance_warnings(train: pd.DataFrame, bins: L.AgeBins) -> list[str]:
     if train.empty:

@@ -6,10 +6,7 @@
     OUT/crop.json      what made it (root, detector, weights, margin, size); another setting is refused
     OUT/.detections.csv  the detector's answer per image so far: an interrupted run resumes from it
 
-Detectors sit in a registry (`DETECTORS`) behind one interface, `detect(images) -> [((x0, y0, x1, y1),
-score) | None]` on a batch of same-size RGB arrays; `mtcnn` (facenet-pytorch) and `haar` (OpenCV) run
-on weights shipped in their wheels, `yolo` (ultralytics) on the user's weights file. Images are
-detected on a copy at most DETECT_SIDE pixels long (MTCNN's cost grows with pixels; faces fill much of
+The detectors (mtcnn, haar, yolo) are in `comp.data.detectors`. Images are detected on a copy at most DETECT_SIDE pixels long (MTCNN's cost grows with pixels; faces fill much of
 these portraits, so little is lost) and the largest face is kept, its box scaled back.
 
 A mask hides half the face, so detectors miss masked shots. No image goes uncropped: a missed train
@@ -29,7 +26,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,11 +41,11 @@ from ..errors import CompError
 from ..fileio import atomic_path, atomic_write
 from . import labels as L
 from .cache import default_cache_dir
+from .detectors import make_detector
 from .images import read_image
 from .reader import load_eval, load_train, load_truth
 
 DETECT_SIDE = 160  # longest side of the copy the detector sees
-MIN_FACE = 0.2  # smallest face searched for, as a share of the image's shorter side
 BATCH = 32
 ASPECT = 3 / 4  # width / height of the competition's portraits
 JPEG_QUALITY = 95
@@ -58,102 +54,6 @@ JOURNAL_COLUMNS = ("image", "width", "height", "x0", "y0", "x1", "y1", "score")
 FLUSH_SECONDS = 10.0
 
 Box = tuple[float, float, float, float]
-
-
-# ------------------------------------------------------------------------------------------ detectors
-DETECTORS: dict[str, type] = {}
-
-
-def register(name: str):
-    def add(cls):
-        DETECTORS[name] = cls
-        return cls
-    return add
-
-
-def make_detector(name: str, weights: Path | str | None = None):
-    """The detector registered under `name`; `weights` only for those that take a file."""
-    if name not in DETECTORS:
-        raise CompError(f"detector {name!r} is unknown; choose one of {', '.join(DETECTORS)}")
-    return DETECTORS[name](weights)
-
-
-def _largest(boxes: np.ndarray, scores: np.ndarray) -> tuple[Box, float] | None:
-    # one person per photo: the largest face is the subject, smaller ones are posters or noise
-    if len(boxes) == 0:
-        return None
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
-    return tuple(float(v) for v in boxes[i]), float(np.asarray(scores, dtype=np.float64).reshape(-1)[i])
-
-
-def _no_weights(name: str, weights) -> None:
-    if weights is not None:
-        raise CompError(f"--weights {weights}: the {name} detector ships its own weights; --weights is for yolo")
-
-
-def _min_face(image: np.ndarray) -> int:
-    return max(12, int(MIN_FACE * min(image.shape[:2])))
-
-
-@register("mtcnn")
-class MTCNNDetector:
-    """facenet-pytorch's MTCNN; a batch runs as one tensor. Slightly lower thresholds than the library's
-    (0.6, 0.7, 0.7): masked faces score lower, and keeping the largest face keeps false hits rare."""
-
-    def __init__(self, weights=None):
-        _no_weights("mtcnn", weights)
-        try:
-            from facenet_pytorch import MTCNN
-        except ImportError:
-            raise CompError("detector mtcnn needs facenet-pytorch: `make setup` installs it "
-                            "(pip install --no-deps facenet-pytorch)") from None
-        self.model = MTCNN(device="cpu", thresholds=[0.5, 0.6, 0.6])
-
-    def detect(self, images: list[np.ndarray]) -> list[tuple[Box, float] | None]:
-        self.model.min_face_size = _min_face(images[0])
-        boxes, scores = self.model.detect(np.stack(images))
-        return [None if b is None else _largest(b, s) for b, s in zip(boxes, scores, strict=True)]
-
-
-@register("haar")
-class HaarDetector:
-    """OpenCV's frontal-face Haar cascade (fast, weaker on masks); the score is the cascade's level weight."""
-
-    def __init__(self, weights=None):
-        _no_weights("haar", weights)
-        self.model = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
-
-    def detect(self, images: list[np.ndarray]) -> list[tuple[Box, float] | None]:
-        out = []
-        for img in images:
-            grey = cv2.equalizeHist(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
-            m = _min_face(img)
-            rects, _, weights = self.model.detectMultiScale3(grey, 1.1, 3, minSize=(m, m), outputRejectLevels=True)
-            rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
-            out.append(_largest(np.c_[rects[:, :2], rects[:, :2] + rects[:, 2:]], np.asarray(weights)))
-        return out
-
-
-@register("yolo")
-class YoloDetector:
-    """An ultralytics YOLO model from the user's weights file (a face model, or a person model for body crops)."""
-
-    def __init__(self, weights=None):
-        if weights is None:
-            raise CompError("detector yolo needs a weights file: --weights PATH (pipelines: data.crop: yolo:PATH)")
-        if not Path(weights).is_file():
-            raise CompError(f"{weights}: YOLO weights file not found; give the path of a .pt file")
-        try:
-            from ultralytics import YOLO
-        except ImportError:
-            raise CompError("detector yolo needs ultralytics: pip install ultralytics (the project's yolo extra)") from None
-        self.model = YOLO(str(weights))
-
-    def detect(self, images: list[np.ndarray]) -> list[tuple[Box, float] | None]:
-        # ultralytics reads numpy arrays as OpenCV's BGR
-        results = self.model.predict([img[:, :, ::-1] for img in images], verbose=False)
-        return [_largest(r.boxes.xyxy.cpu().numpy(), r.boxes.conf.cpu().numpy()) for r in results]
 
 
 # ------------------------------------------------------------------------------------------ box maths
@@ -254,7 +154,8 @@ def list_images(root: Path) -> pd.DataFrame:
     if (root / "eval").exists():
         e = load_eval(root)
         truth = load_truth(root)
-        masks = {} if truth is None else dict(zip(truth["ImageID"], truth["ans"] // 6, strict=True))
+        masks = {} if truth is None else dict(zip(truth["ImageID"], L.decode_heads(truth["ans"].to_numpy())["mask"],
+                                                  strict=True))
         parts.append(pd.DataFrame({"image": "eval/images/" + e["ImageID"], "path": e["path"], "split": "eval",
                                    "mask": [L.MASK_NAMES[masks[i]] if i in masks else "" for i in e["ImageID"]],
                                    "person": ""}))

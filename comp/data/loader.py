@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from . import augment
 from .cache import ImageStore
 
+SAMPLERS = ("uniform", "weighted")  # data.sampler: every image once per epoch | rare classes drawn more often
+
 
 class EpochSampler(Sampler):
     """Yields (index, augmentation seed) pairs. The order is drawn from (seed, epoch) alone, so a resumed

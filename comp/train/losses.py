@@ -1,12 +1,11 @@
 """Losses on soft targets: every target is an (N, K) distribution, so label smoothing, Mixup/CutMix and
 the multitask marginals all use the same code.
 
-Registry: `ce` (cross entropy), `focal` (Lin et al. 2017), `soft_f1` (1 − differentiable macro F1);
-`loss.terms` is a weighted sum of them, e.g. {focal: 1.0, soft_f1: 0.5}.
+Registry `LOSSES`: `ce` (cross entropy), `focal` (Lin et al. 2017), `soft_f1` (1 − differentiable macro
+F1); `loss.terms` is a weighted sum of them, e.g. {focal: 1.0, soft_f1: 0.5}. Hard labels become soft
+targets with timm's `mixup_target` (label smoothing included), the same helper timm's Mixup uses.
 """
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -14,8 +13,11 @@ import torch.nn.functional as F
 
 from ..config import LossConfig
 from ..data import labels as L
-from ..errors import CompError
-from .models import Head
+from ..models import Head
+from ..registry import Registry
+
+LOSSES = Registry("loss", "loss.terms")
+CLASS_WEIGHTS = Registry("class weighting", "loss.class_weights")
 
 
 def _weighted_mean(per_sample: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
@@ -25,15 +27,18 @@ def _weighted_mean(per_sample: torch.Tensor, target: torch.Tensor, w: torch.Tens
     return (per_sample * sw).sum() / sw.sum().clamp_min(1e-12)
 
 
+@LOSSES.register("ce")
 def cross_entropy(logits, target, w=None, **_):
     return _weighted_mean(-(target * F.log_softmax(logits, 1)).sum(1), target, w)
 
 
+@LOSSES.register("focal")
 def focal(logits, target, w=None, gamma: float = 2.0, **_):
     logp = F.log_softmax(logits, 1)
     return _weighted_mean(-(target * (1 - logp.exp()).pow(gamma) * logp).sum(1), target, w)
 
 
+@LOSSES.register("soft_f1")
 def soft_f1(logits, target, **_):
     """1 − macro F1 computed with probabilities instead of hard counts, over the classes the batch holds
     (mass put on the others still lowers their TP). Optimises the metric directly but is noisy on small
@@ -46,30 +51,27 @@ def soft_f1(logits, target, **_):
     return 1 - (2 * tp / (2 * tp + fp + fn + 1e-7))[present].mean()
 
 
-LOSSES: dict[str, Callable] = {"ce": cross_entropy, "focal": focal, "soft_f1": soft_f1}
+CLASS_WEIGHTS.register("none", None)
+CLASS_WEIGHTS.register("inverse", lambda share: 1.0 / share)  # n / count
+CLASS_WEIGHTS.register("sqrt", lambda share: np.sqrt(1.0 / share))  # its square root: gentler
 
 
 def class_weights(counts: np.ndarray, mode: str) -> np.ndarray | None:
-    """Per-class weights from train counts, mean 1: inverse (n/count) or its square root."""
-    if mode == "none":
+    """Per-class weights from train counts, mean 1 (None for `none`)."""
+    fn = CLASS_WEIGHTS.resolve(mode)
+    if fn is None:
         return None
     c = np.maximum(np.asarray(counts, np.float64), 1.0)
-    w = c.sum() / c if mode == "inverse" else np.sqrt(c.sum() / c)
+    w = fn(c / c.sum())
     return w / w.mean()
-
-
-def soft_targets(labels: torch.Tensor, smoothing: float = 0.0, n: int = L.N_CLASSES) -> torch.Tensor:
-    off = smoothing / n
-    return torch.full((len(labels), n), off, device=labels.device).scatter_(1, labels.view(-1, 1), 1 - smoothing + off)
 
 
 class Criterion:
     """Weighted sum of loss terms, per head: called with logits and an (N, 18) soft target."""
 
     def __init__(self, cfg: LossConfig, head: Head, train_labels: np.ndarray | None = None):
-        unknown = set(cfg.terms) - set(LOSSES)
-        if unknown:
-            raise CompError(f"loss.terms: unknown loss {sorted(unknown)[0]!r}; choose from {', '.join(LOSSES)}")
+        for name in cfg.terms:
+            LOSSES.check(name)
         self.terms, self.gamma, self.head = dict(cfg.terms), cfg.focal_gamma, head
         labels = np.zeros(0, np.int64) if train_labels is None else np.asarray(train_labels)
         if head.kind == "multiclass":

@@ -17,23 +17,22 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from ..config import ModelConfig
-from ..data import labels as L
-from ..errors import CompError
+from .config import ModelConfig
+from .data import labels as L
+from .errors import CompError
+from .registry import Registry
 
 _HEAD_SLICES = {"mask": slice(0, 3), "gender": slice(3, 5), "age": slice(5, 8)}
+HEADS = Registry("head", "model.head")  # kind → number of logits
+HEADS.register("multiclass", L.N_CLASSES)
+HEADS.register("multitask", sum(L.HEAD_SIZES.values()))
 
 
 class Head:
     def __init__(self, kind: str, weights: dict[str, float] | None = None):
-        if kind not in ("multiclass", "multitask"):
-            raise CompError(f"model.head={kind!r}: choose multiclass or multitask")
+        self.n_outputs = HEADS.resolve(kind)
         self.kind = kind
         self.weights = {h: float((weights or {}).get(h, 1.0)) for h in L.HEADS}
-
-    @property
-    def n_outputs(self) -> int:
-        return L.N_CLASSES if self.kind == "multiclass" else sum(L.HEAD_SIZES.values())
 
     def split(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         """Multitask logits → {'mask': (N,3), 'gender': (N,2), 'age': (N,3)}."""
@@ -119,14 +118,18 @@ def load_weights_file(model: torch.nn.Module, path: Path | str) -> tuple[int, li
     return len(ok), skipped
 
 
+def check_model_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        raise CompError(f"model.name={name!r} is not a timm model; e.g. {', '.join(close) or 'resnet18'}")
+
+
 def create_model(cfg: ModelConfig, head: Head | None = None) -> torch.nn.Module:
     head = head or Head(cfg.head, cfg.head_weights)
     kwargs = dict(num_classes=head.n_outputs, drop_rate=cfg.drop_rate, **cfg.kwargs)
     if cfg.drop_path_rate:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
-    if cfg.name not in timm.list_models() and cfg.name.split(".")[0] not in timm.list_models():
-        close = timm.list_models(f"*{cfg.name.split('.')[0][:6]}*")[:8]
-        raise CompError(f"model.name={cfg.name!r} is not a timm model; e.g. {', '.join(close) or 'resnet18'}")
+    check_model_name(cfg.name)
     if cfg.weights == "hub":
         return _hub_model(cfg.name, **kwargs)
     model = timm.create_model(cfg.name, pretrained=False, **kwargs)
