@@ -37,7 +37,7 @@ from comp.data.reader import read_truth
 from comp.ensemble import blend_files, fit, held_out
 from comp.estimate import Reference, calibration_for, estimate, train_prior
 from comp.predict import predict
-from comp.submission import read_submission, score
+from comp.submission import Provenance, read_submission, score
 
 # Quick recipes that differ in model, size, head and length: the spread of a week of submissions.
 RECIPES = {
@@ -113,7 +113,7 @@ def team_formula(new, ref: Reference, other: Reference) -> float:
 
 def strip(sub):
     """What a user holding old submissions has: the CSV alone."""
-    return replace(sub, probs=None, meta={})
+    return replace(sub, probs=None, prov=Provenance())
 
 
 ORACLE = "oracle: all labels known"
@@ -132,7 +132,7 @@ def play(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int) -> dict
             gap = truth - truth_f1[refs[0]]
             base = {"new": new, "k": k, "truth": truth, "agree": agree, "gap": gap}
             for mode in ("comp", "comp, CSV + probs", "comp, CSVs only"):
-                s = {"comp": lambda x: x, "comp, CSV + probs": lambda x: replace(x, meta={}),
+                s = {"comp": lambda x: x, "comp, CSV + probs": lambda x: replace(x, prov=Provenance()),
                      "comp, CSVs only": strip}[mode]
                 runs = mode == "comp"
                 ref_objs = [Reference(s(subs[r]), truth_f1[r], None, r) for r in refs]

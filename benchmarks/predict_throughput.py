@@ -47,7 +47,7 @@ def main():
             best = max(best, r.n / (time.perf_counter() - t))
         rows[tta] = (r.n, best)
     table = Table(title=f"comp predict: {run} ({cfg.model.name}, {cfg.data.size[0]}x{cfg.data.size[1]}, "
-                        f"{len(r.meta['checkpoints'])} checkpoint(s))")
+                        f"{len(r.prov.checkpoints)} checkpoint(s))")
     for col in ("TTA", "views", "eval images", "images/s", "vs no TTA"):
         table.add_column(col, justify="right")
     for tta, views in (("none", 1), ("flip", 2), ("flip+scale", 4)):

@@ -30,6 +30,10 @@ class _Group(TyperGroup):
             for line in e.lines:
                 console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             ctx.exit(e.exit_code)
+        except OSError as e:  # the disk, not the input: full, read-only, permissions
+            where = f"{e.filename}: " if e.filename else ""
+            console.print(f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}", highlight=False, soft_wrap=True)
+            ctx.exit(2)
 
 
 def _app(help: str) -> typer.Typer:
@@ -241,10 +245,10 @@ def predict_cmd(
     out = out or Path("submissions") / f"{run[0].name}.csv"
     r = predict(run, out, data, tta, ckpt, force)
     t = Table(title=f"submission {r.csv}", show_header=False)
-    t.add_row("runs", ", ".join(r.meta["runs"]))
-    t.add_row("models", ", ".join(r.meta["models"].values()))
-    t.add_row("checkpoints", f"{len(r.meta['checkpoints'])} ({ckpt})")
-    t.add_row("TTA", r.meta["tta"])
+    t.add_row("runs", ", ".join(r.prov.runs))
+    t.add_row("models", ", ".join(r.prov.stats["models"].values()))
+    t.add_row("checkpoints", f"{len(r.prov.checkpoints)} ({ckpt})")
+    t.add_row("TTA", r.prov.tta)
     t.add_row("images", f"{r.n} in {r.seconds:.1f}s ({r.images_per_s:.0f}/s)")
     t.add_row("files", f"{r.csv.name}, {r.csv.stem}.probs.npy, {r.csv.stem}.json")
     if r.scores:
@@ -352,9 +356,12 @@ def submissions_add(
     truth: Path = typer.Option(None, "--truth", help="Score it against this answer key's Public rows instead "
                                                      "(a simulated leaderboard for synthetic / benchmark sets)."),
     note: str = typer.Option("", "--note", help="What it was."),
+    data: Path = typer.Option(None, "--data", help="Dataset root whose eval/info.csv the CSV must match "
+                                                   "(default: the one its .json names)."),
     folder: Path = LEDGER_DIR,
 ):
-    """Record a scored submission: copies the CSV (+ .probs.npy, .json) and appends a ledger row."""
+    """Record a scored submission: copies the CSV (+ .probs.npy, .json) and appends a ledger row. A CSV
+    the leaderboard would refuse (missing, extra or reordered rows) or one already recorded is refused."""
     from .ledger import add, read_ledger
 
     if truth is not None:
@@ -368,7 +375,7 @@ def submissions_add(
         public_f1, public_acc = s["f1"], s["acc"]
     elif public_f1 is None:
         raise CompError("give the leaderboard's score with --public-f1 F (or --truth KEY.csv to simulate it)")
-    e = add(file, public_f1, public_acc, note, folder)
+    e = add(file, public_f1, public_acc, note, folder, data=data)
     console.print(f"added {e.name} (public F1 {e.public_f1:.4f}) to {folder}/ledger.csv "
                   f"({len(read_ledger(folder))} submissions)")
 
@@ -416,8 +423,11 @@ def estimate_cmd(
         return
     t = Table(title=f"estimate for {new.name}", show_header=False)
     t.add_row("public macro F1", f"[bold]{e.f1:.4f}[/]  (90% interval {e.f1_interval[0]:.4f} – {e.f1_interval[1]:.4f})")
-    t.add_row("public accuracy", f"{e.accuracy:.2f}%  (90% interval {e.accuracy_interval[0]:.2f} – "
-              f"{e.accuracy_interval[1]:.2f}%)")
+    if e.accuracy is None:
+        t.add_row("public accuracy", "not estimated: no reference accuracy given (--ref-acc, or --public-acc in the ledger)")
+    else:
+        t.add_row("public accuracy", f"{e.accuracy:.2f}%  (90% interval {e.accuracy_interval[0]:.2f} – "
+                  f"{e.accuracy_interval[1]:.2f}%)")
     if truth is not None:
         from .data.reader import read_truth
         from .submission import read_submission, score

@@ -21,7 +21,7 @@ from .blend import METHODS, combine, weights_of
 from .data.reader import load_truth, read_truth
 from .errors import CompError
 from .fileio import refuse_overwrite
-from .submission import Submission, check_same_ids, read_submission, score, write_submission
+from .submission import Provenance, Submission, check_same_ids, read_submission, score, write_submission
 
 
 @dataclass
@@ -38,7 +38,7 @@ def _truth_for(subs: list[Submission], truth: Path | None):
     """The answer key: --truth, or eval_truth.csv beside the eval set the first input was predicted on."""
     if truth is not None:
         return read_truth(truth)
-    root = subs[0].meta.get("data")
+    root = subs[0].prov.data
     return load_truth(root) if root else None
 
 
@@ -56,9 +56,9 @@ def blend_files(paths: list[Path | str], out: Path | str, weights=None, method: 
     answers = np.stack([s.ans for s in subs])
     ans, probs = combine(method, answers, np.stack([s.probs for s in subs]) if need_probs else None, w)
     names = [s.path.name for s in subs]
-    meta = {"ensemble": method, "inputs": [str(s.path) for s in subs], "weights": w.tolist(),
-            "data": subs[0].meta.get("data")}
-    write_submission(out, subs[0].ids, ans, probs, meta, force=force)
+    prov = Provenance(kind="blend", method=method, inputs=[str(s.path) for s in subs], weights=w.tolist(),
+                      data=subs[0].prov.data)
+    write_submission(out, subs[0].ids, ans, probs, prov, force=force)
     agreement = (answers[:, None, :] == answers[None, :, :]).mean(2)
     result = BlendResult(out, method, names, agreement, [int((a != ans).sum()) for a in answers])
     t = _truth_for(subs, Path(truth) if truth else None)
@@ -184,7 +184,7 @@ def eval_probs(run: Path, data: Path | None, tta: str | None, ckpt: str) -> tupl
     path = run / "predictions" / f"eval-{tta}-{ckpt}.csv"
     if path.is_file():
         sub = read_submission(path, need_probs=True)
-        if sub.meta.get("data") == str(root):
+        if sub.prov.data == str(root):
             return sub, False
     predict([run], path, root, tta, ckpt, force=True)
     return read_submission(path, need_probs=True), True
@@ -238,10 +238,10 @@ def fit(run_dirs: list[Path | str], out: Path | str, data: Path | str | None = N
     subs = [subs[0]] + [s.reorder(subs[0].ids) for s in subs[1:]]
     blended = apply_bias(np.tensordot(plan.weights, np.stack([s.probs for s in subs]).astype(np.float64), 1),
                          plan.bias)
-    meta = {"ensemble": "fit", "runs": [str(r) for r in run_dirs], "weights": plan.weights.tolist(),
-            "weighting": "greedy" if plan.greedy else "mean", "bias": plan.bias.tolist(), "data": subs[0].meta.get("data"), "tta": subs[0].meta.get("tta"),
-            "oof": plan.oof}
-    write_submission(out, subs[0].ids, blended.argmax(1), blended, meta, force=force)
+    prov = Provenance(kind="fit", runs=[str(r) for r in run_dirs], weights=plan.weights.tolist(),
+                      weighting="greedy" if plan.greedy else "mean", bias=plan.bias.tolist() if plan.use_bias else [],
+                      data=subs[0].prov.data, tta=subs[0].prov.tta, ckpt=ckpt, stats={"oof": plan.oof})
+    write_submission(out, subs[0].ids, blended.argmax(1), blended, prov, force=force)
     result = FitResult(out, names, plan)
     t = _truth_for(subs, None)
     if t is not None:

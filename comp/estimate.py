@@ -54,7 +54,15 @@ import numpy as np
 
 from .data import labels as L
 from .errors import CompError
-from .submission import Submission, check_same_ids, positions, probs_path, read_meta, read_submission
+from .submission import (
+    Provenance,
+    Submission,
+    check_same_ids,
+    positions,
+    probs_path,
+    read_provenance,
+    read_submission,
+)
 
 N = L.N_CLASSES
 _EYE = np.eye(N)
@@ -228,8 +236,8 @@ class Agreement:
 class Estimate:
     f1: float
     f1_interval: tuple[float, float]
-    accuracy: float
-    accuracy_interval: tuple[float, float]
+    accuracy: float | None  # None when no reference's accuracy is known: nothing anchors it
+    accuracy_interval: tuple[float, float] | None
     p_better: float
     best_ref: str
     best_ref_f1: float
@@ -240,8 +248,10 @@ class Estimate:
 
     def as_json(self) -> dict:
         r = lambda x: round(float(x), 4)  # noqa: E731
-        return {"f1": r(self.f1), "f1_interval": [r(v) for v in self.f1_interval], "accuracy": r(self.accuracy),
-                "accuracy_interval": [r(v) for v in self.accuracy_interval], "p_better": r(self.p_better)}
+        return {"f1": r(self.f1), "f1_interval": [r(v) for v in self.f1_interval],
+                "accuracy": None if self.accuracy is None else r(self.accuracy),
+                "accuracy_interval": None if self.accuracy_interval is None else [r(v) for v in self.accuracy_interval],
+                "p_better": r(self.p_better)}
 
 
 def _agreement(new: Submission, ref: Reference) -> Agreement:
@@ -288,7 +298,7 @@ def _draws(q: np.ndarray, new: Submission, refs: list[Reference], same: list[int
     acc_new = acc_batch(y, new.ans, public)
     known_acc = [j for j, r in enumerate(refs) if r.acc is not None]
     if not known_acc:
-        return f1_draws, acc_new
+        return f1_draws, None
     da = np.stack([acc_new - acc_batch(y, refs[j].sub.ans, public) for j in known_acc], 1)
     sub_same = [k for k, j in enumerate(known_acc) if j in same]
     b = np.eye(len(known_acc))[sub_same[0]] if sub_same else combine(da)
@@ -355,11 +365,13 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
         f1_d, acc_d = _draws(posterior(prior, sources + [new_src], n), new, refs, same, per, rng)
         f1_parts.append(f1_d)
         acc_parts.append(acc_d)
-    f1_draws, acc_draws = np.concatenate(f1_parts), np.concatenate(acc_parts)
+    f1_draws = np.concatenate(f1_parts)
+    acc_draws = None if acc_parts[0] is None else np.concatenate(acc_parts)
     best = int(np.argmax([r.f1 for r in refs]))
     return Estimate(
         f1=float(f1_draws.mean()), f1_interval=tuple(np.quantile(f1_draws, [0.05, 0.95]).tolist()),
-        accuracy=float(acc_draws.mean()), accuracy_interval=tuple(np.quantile(acc_draws, [0.05, 0.95]).tolist()),
+        accuracy=None if acc_draws is None else float(acc_draws.mean()),
+        accuracy_interval=None if acc_draws is None else tuple(np.quantile(acc_draws, [0.05, 0.95]).tolist()),
         p_better=float((f1_draws > refs[best].f1 + 1e-12).mean()), best_ref=refs[best].name,
         best_ref_f1=refs[best].f1, agreement=[_agreement(new, r) for r in refs],
         class_changes=_class_changes(new, refs[best].sub), evidence=evidence, warnings=warnings)
@@ -384,36 +396,42 @@ def calibration_for(sub: Submission) -> Calibration | None:
     out-of-fold, same distribution as eval), combined the way the CSV was. Known for `comp predict` with the
     best checkpoints, `comp ensemble --fit`, and `comp ensemble` blends of those; None otherwise (the last
     checkpoint has no held-out predictions of its own)."""
-    return _twin(sub.meta, sub.probs is not None)
+    return _twin(sub.prov, sub.probs is not None)
 
 
-def _twin(meta: dict, with_probs: bool, depth: int = 0) -> Calibration | None:
-    """calibration_for on what a CSV's JSON says made it; blends recurse into their inputs' JSONs."""
+def _input_twin(csv: Path, depth: int) -> Calibration | None:
+    try:
+        return _twin(read_provenance(csv), probs_path(csv).is_file(), depth) if csv.is_file() else None
+    except CompError:  # an input's provenance is unreadable: no twin, the estimate goes on without
+        return None
+
+
+def _twin(prov: Provenance, with_probs: bool, depth: int = 0) -> Calibration | None:
+    """calibration_for on what a CSV's provenance says made it; blends recurse into their inputs'."""
     from . import runs as R
     from .blend import METHODS, combine
     from .ensemble import apply_bias
 
-    if meta.get("ensemble") in METHODS and meta.get("inputs") and depth < 4:
-        inputs = [Path(p) for p in meta["inputs"]]
-        parts = [_twin(read_meta(p), probs_path(p).is_file(), depth + 1) if p.is_file() else None for p in inputs]
+    if prov.kind == "blend" and depth < 4:
+        parts = [_input_twin(Path(p), depth + 1) for p in prov.inputs]
         if any(c is None for c in parts):
             return None
         common = _common_images([c.images for c in parts])
         if not len(common):
             return None
         parts = [c.subset(common) for c in parts]
-        needs_probs = METHODS[meta["ensemble"]].needs_probs
+        needs_probs = METHODS[prov.method].needs_probs
         if needs_probs and any(c.probs is None for c in parts):
             return None
         probs = np.stack([c.probs for c in parts]) if needs_probs else None
-        ans, probs = combine(meta["ensemble"], np.stack([c.ans for c in parts]), probs, meta.get("weights"))
+        ans, probs = combine(prov.method, np.stack([c.ans for c in parts]), probs, prov.weights or None)
         return Calibration(probs if with_probs else None, ans, parts[0].y, common,
-                           f"{meta['ensemble']} blend of {len(parts)} held-out twins")
-    run_dirs = meta.get("runs") or []
-    if not run_dirs or meta.get("ckpt", "best") != "best":
+                           f"{prov.method} blend of {len(parts)} held-out twins")
+    run_dirs = prov.runs
+    if prov.kind not in ("predict", "fit") or not run_dirs or prov.ckpt != "best":
         return None
-    if meta.get("ensemble") == "fit":
-        return _fit_twin(meta, with_probs, [Path(r) for r in run_dirs])
+    if prov.kind == "fit":
+        return _fit_twin(prov, with_probs, [Path(r) for r in run_dirs])
     try:
         vals = [R.read_validation(r) for r in run_dirs]
     except CompError:
@@ -422,15 +440,15 @@ def _twin(meta: dict, with_probs: bool, depth: int = 0) -> Calibration | None:
     if not len(common):
         return None
     oofs = [v.set_index("image").loc[common] for v in vals]
-    w = np.asarray(meta.get("weights") or np.ones(len(oofs)), float)
+    w = np.asarray(prov.weights or np.ones(len(oofs)), float)
     probs = np.tensordot(w / w.sum(), np.stack([R.oof_probs(o) for o in oofs]).astype(float), 1)
-    if meta.get("bias"):
-        probs = apply_bias(probs, np.asarray(meta["bias"], float))
+    if prov.bias:
+        probs = apply_bias(probs, np.asarray(prov.bias, float))
     return Calibration(probs if with_probs else None, probs.argmax(1), oofs[0]["label"].to_numpy(),
                        common, f"{len(common)} held-out images of {', '.join(Path(r).name for r in run_dirs)}")
 
 
-def _fit_twin(meta: dict, with_probs: bool, run_dirs: list[Path]) -> Calibration | None:
+def _fit_twin(prov: Provenance, with_probs: bool, run_dirs: list[Path]) -> Calibration | None:
     """The labelled twin of `comp ensemble --fit`: its weights (and class bias) fitted on the other
     cross-fitting groups and applied to each, as in its honest OOF table; the final weights were fitted on
     these very images, so their own held-out score would flatter the blend."""
@@ -441,8 +459,8 @@ def _fit_twin(meta: dict, with_probs: bool, run_dirs: list[Path]) -> Calibration
     except CompError:
         return None
     y = oof["label"].to_numpy()
-    use_bias = bool(np.any(meta.get("bias") or 0))
-    held, held_b = cross_fitted(probs, y, cross_fit_groups(oof), greedy=meta.get("weighting", "greedy") == "greedy",
+    use_bias = bool(np.any(prov.bias))
+    held, held_b = cross_fitted(probs, y, cross_fit_groups(oof), greedy=prov.weighting != "mean",
                                 with_bias=use_bias)
     blended = held_b if use_bias else held
     return Calibration(blended if with_probs else None, blended.argmax(1), y, oof["image"].to_numpy(dtype=object),
@@ -500,7 +518,7 @@ def estimate_file(new_path: Path | str, ref_paths: list[Path] | None = None, ref
                   samples: int = 2000, seed: int = 0) -> Estimate:
     new = read_submission(new_path)
     refs = load_references(list(ref_paths or []), list(ref_f1 or []), ref_acc, ledger_dir)
-    root = data or new.meta.get("data") or next((r.sub.meta.get("data") for r in refs if r.sub.meta.get("data")), None)
+    root = data or new.prov.data or next((r.sub.prov.data for r in refs if r.sub.prov.data), None)
     prior = train_prior(root)
     est = estimate(new, refs, prior, calibration_for(new), samples, seed,
                    ref_calibrations=[calibration_for(r.sub) for r in refs])

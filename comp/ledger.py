@@ -6,7 +6,6 @@ one, so a crash leaves the ledger exactly as it was. `comp estimate` takes its r
 from __future__ import annotations
 
 import csv
-import hashlib
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from .errors import CompError
 from .fileio import atomic_path, atomic_write
-from .submission import meta_path, probs_path, read_submission
+from .submission import check_against_ids, meta_path, probs_path, read_submission
 
 COLUMNS = ["name", "sha256", "time", "public_f1", "public_acc", "note"]
 DEFAULT_DIR = Path("submissions")
@@ -35,11 +34,9 @@ class Entry:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from .submission import sha256_file
+
+    return sha256_file(path)
 
 
 def read_ledger(folder: Path | str = DEFAULT_DIR) -> list[Entry]:
@@ -67,27 +64,50 @@ def _check_score(value: float | None, name: str, high: float) -> None:
 
 
 def add(file: Path | str, public_f1: float, public_acc: float | None = None, note: str = "",
-        folder: Path | str = DEFAULT_DIR, now: datetime | None = None) -> Entry:
-    """Copies FILE (+ its .probs.npy and .json) into the ledger folder and appends its row."""
+        folder: Path | str = DEFAULT_DIR, now: datetime | None = None, data: Path | str | None = None) -> Entry:
+    """Copies FILE (+ its .probs.npy and .json) into the ledger folder and appends its row. Refused, with
+    nothing written: a CSV the leaderboard would refuse (checked against `data`'s eval/info.csv, else the
+    eval set its provenance names, else the ledger's first entry), and a CSV already in the ledger."""
     file, folder = Path(file), Path(folder)
     _check_score(public_f1, "--public-f1", 1.0)
     _check_score(public_acc, "--public-acc", 100.0)
-    read_submission(file)  # a CSV the leaderboard would refuse does not enter the ledger
+    sub = read_submission(file)
     entries = read_ledger(folder)
+    _check_rows(sub, entries, folder, data)
     digest = sha256(file)
+    same = next((e for e in entries if e.sha256 == digest), None)
+    if same is not None:
+        raise CompError(f"{file}: the same file is already in the ledger as {same.name} (public F1 "
+                        f"{same.public_f1:.4f}, {same.time}); a resubmission scores the same and would count twice")
     dest = folder / file.name
     if dest.exists() and dest.resolve() != file.resolve() and sha256(dest) != digest:
         raise CompError(f"{dest}: another file of that name is already in {folder}; rename {file.name} first")
     folder.mkdir(parents=True, exist_ok=True)
-    if dest.resolve() != file.resolve():
-        for src, dst in ((file, dest), (probs_path(file), probs_path(dest)), (meta_path(file), meta_path(dest))):
+    if dest.resolve() != file.resolve():  # the provenance last: it commits the copied set
+        for src, dst in ((probs_path(file), probs_path(dest)), (file, dest), (meta_path(file), meta_path(dest))):
             if src.is_file():
                 with atomic_path(dst) as tmp:
                     shutil.copyfile(src, tmp)
+            elif dst.is_file():
+                dst.unlink()
     entry = Entry(file.name, digest, (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
                   float(public_f1), None if public_acc is None else float(public_acc), note)
     _write(folder, entries + [entry])
     return entry
+
+
+def _check_rows(sub, entries: list[Entry], folder: Path, data: Path | str | None) -> None:
+    """The rows the leaderboard expects: every eval ImageID once, in info.csv's order."""
+    from .data.reader import read_info_ids
+
+    root = data or sub.prov.data
+    if root is not None and (Path(root) / "eval" / "info.csv").is_file():
+        check_against_ids(sub, read_info_ids(root), str(Path(root) / "eval" / "info.csv"))
+    elif data is not None:
+        raise CompError(f"{data}: no eval/info.csv here; --data is the dataset root whose eval set was scored")
+    elif entries:  # no eval set at hand: every scored CSV lists the same images as the first one did
+        first = read_submission(entries[0].path(folder))
+        check_against_ids(sub, first.ids, entries[0].name)
 
 
 def _write(folder: Path, entries: list[Entry]) -> None:

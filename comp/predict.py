@@ -21,7 +21,7 @@ from .data.tta import TTA_VIEWS
 from .errors import CompError
 from .fileio import refuse_overwrite
 from .inference import predict_views
-from .submission import score, write_submission
+from .submission import Provenance, score, write_submission
 
 
 @dataclass
@@ -30,7 +30,7 @@ class PredictResult:
     n: int
     seconds: float
     images_per_s: float
-    meta: dict
+    prov: Provenance
     scores: dict | None  # public / private F1 when the data root has an answer key
 
 
@@ -78,20 +78,21 @@ def predict(run_dirs: list[Path | str], out: Path | str, data: Path | str | None
                      for r, c, e in zip(run_dirs, cfgs, evals, strict=True)], axis=0)
     seconds = time.time() - t0
     n_models = sum(len(runs.trained_folds(r)) for r in run_dirs)
-    meta = {"runs": [str(r) for r in run_dirs], "data": str(root), "ckpt": ckpt, "tta": tta,
-            "checkpoints": [str(runs.checkpoint(r, k, ckpt)) for r in run_dirs for k in runs.trained_folds(r)],
-            "image_size": {str(r): c.data.size for r, c in zip(run_dirs, cfgs, strict=True)},
-            "models": {str(r): f"{c.model.name} ({c.model.head})" for r, c in zip(run_dirs, cfgs, strict=True)},
-            "images": len(ev), "forward_passes": len(ev) * n_models * len(TTA_VIEWS[tta]),
-            "seconds": round(seconds, 2), "images_per_s": round(len(ev) / max(seconds, 1e-9), 1)}
+    prov = Provenance(
+        kind="predict", data=str(root), runs=[str(r) for r in run_dirs], ckpt=ckpt, tta=tta,
+        checkpoints=[str(runs.checkpoint(r, k, ckpt)) for r in run_dirs for k in runs.trained_folds(r)],
+        stats={"image_size": {str(r): c.data.size for r, c in zip(run_dirs, cfgs, strict=True)},
+               "models": {str(r): f"{c.model.name} ({c.model.head})" for r, c in zip(run_dirs, cfgs, strict=True)},
+               "images": len(ev), "forward_passes": len(ev) * n_models * len(TTA_VIEWS[tta]),
+               "seconds": round(seconds, 2), "images_per_s": round(len(ev) / max(seconds, 1e-9), 1)})
     ans = probs.argmax(1)
     if accelerator.is_main_process:
-        write_submission(out, ev["ImageID"], ans, probs, meta, force=force)
+        write_submission(out, ev["ImageID"], ans, probs, prov, force=force)
     truth = load_truth(root)
     scores = None
     if truth is not None:
         scores = score(ev["ImageID"], ans, truth)
-    return PredictResult(out, len(ev), seconds, len(ev) / max(seconds, 1e-9), meta, scores)
+    return PredictResult(out, len(ev), seconds, len(ev) / max(seconds, 1e-9), prov, scores)
 
 
 @dataclass

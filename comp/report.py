@@ -138,7 +138,7 @@ class Scored:
 
 def load_scored(submission: Path | str, truth: Path | str | None) -> Scored:
     sub = read_submission(submission)
-    root = sub.meta.get("data")
+    root = sub.prov.data
     key = read_truth(truth) if truth else load_truth(root) if root else None
     if key is None:
         raise CompError(f"{submission}: no answer key to score it against; pass --truth eval_truth.csv")

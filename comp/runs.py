@@ -6,19 +6,25 @@
     runs/NAME/validation.parquet          the same for the folds trained so far
     runs/NAME/fold{k}/best.safetensors    weights of the best validation macro F1 (EMA weights with EMA)
     runs/NAME/fold{k}/last.safetensors    weights after the last epoch
-    runs/NAME/fold{k}/state/              Accelerate state for --resume
+    runs/NAME/fold{k}/checkpoint.json     names the committed state folder (written last: the commit)
+    runs/NAME/fold{k}/state-NNNN/         the state after epoch NNNN, whole: Accelerate's (model, optimizer,
+                                          schedule, EMA, loop counters, RNG) and the epoch's files below
     runs/NAME/fold{k}/metrics.csv         one row per epoch
     runs/NAME/fold{k}/val_probs.npy       validation probabilities of the best epoch (+ val_index.npy)
     runs/NAME/fold{k}/confusion.csv/.png  confusion matrix of the best epoch on the validation fold
     runs/NAME/fold{k}/done                written when the fold finished (best epoch and its scores)
 
 Every writer and reader of these files is here: the engine and soups write through it; predict,
-ensemble, estimate and report read through it. Each file is written atomically.
+ensemble, estimate and report read through it. Each file is written atomically, and an epoch's checkpoint
+as a whole: its state folder is complete before `checkpoint.json` names it, and only then are best/last
+weights, metrics and validation files published beside it (hard links), so a kill at any instant resumes
+from the old epoch or the new one, never a mix.
 """
 from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -34,7 +40,7 @@ from .data.loader import ImageDataset, make_loader
 from .data.reader import load_eval, load_train
 from .data.splits import assign_folds
 from .errors import CompError
-from .fileio import atomic_path, atomic_write
+from .fileio import atomic_path, atomic_write, sweep_stale, temp_name
 from .models import Head, create_model, load_weights_file
 
 CHECKPOINTS = ("best", "last")
@@ -207,6 +213,97 @@ def mark_done(fold: Path, best_epoch: int, best: dict) -> None:
 def read_done(fold: Path) -> dict:
     """{'best_epoch': k, 'best': scores of that epoch} of a finished fold."""
     return json.loads((fold / "done").read_text())
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+CHECKPOINT = "checkpoint.json"
+EPOCH_FILES = ("best.safetensors", "val_probs.npy", "val_index.npy", "last.safetensors", "metrics.csv")
+BEST_FILES = EPOCH_FILES[:3]  # carried over from the previous state when an epoch is not the best
+
+
+def committed_state(fold: Path) -> Path | None:
+    """The state folder of the last committed epoch (None: nothing to resume)."""
+    p = fold / CHECKPOINT
+    if p.is_file():
+        try:
+            d = fold / json.loads(p.read_text())["state"]
+        except (ValueError, KeyError, TypeError):
+            raise CompError(f"{p}: unreadable; delete {fold} and train the fold again") from None
+        if not d.is_dir():
+            raise CompError(f"{p}: names {d.name}, which is missing; delete {fold} and train the fold again")
+        return d
+    return fold / "state" if (fold / "state").is_dir() else None  # a run of comp before atomic checkpoints
+
+
+def _link(src: Path, dst: Path) -> None:
+    """dst becomes src's content, atomically: a hard link where the file system has them, else a copy."""
+    if dst.exists() and os.path.samefile(src, dst):  # already linked; rename(2) onto the same file is a no-op
+        return
+    sweep_stale(dst)
+    tmp = temp_name(dst)
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links here (some network file systems): a copy, then the rename
+        with atomic_path(dst) as t:
+            shutil.copyfile(src, t)
+        return
+    os.replace(tmp, dst)
+
+
+def publish(fold: Path, state: Path) -> None:
+    """The committed epoch's files, beside its state folder where predict, report and soups read them."""
+    for name in EPOCH_FILES:
+        if (state / name).is_file():
+            _link(state / name, fold / name)
+
+
+def prune_states(fold: Path, keep: Path | None) -> None:
+    """Removes state folders that are not the committed one (older epochs, or an epoch killed mid-save)."""
+    for d in fold.glob("state-*"):
+        if d != keep and d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+    sweep_stale(fold / CHECKPOINT)
+
+
+def save_checkpoint(accelerator, fold: Path, epoch: int, weights: torch.nn.Module, history: list[dict],
+                    best: tuple[np.ndarray, np.ndarray] | None) -> None:
+    """Commits epoch `epoch` as a whole. Called by every process (Accelerate saves each one's RNG state).
+    `weights`: the validated model; `best`: (probabilities, train-frame rows) when this epoch is the best."""
+    state = fold / f"state-{epoch:04d}"
+    if accelerator.is_main_process and state.exists():  # left by a save killed before its commit
+        shutil.rmtree(state)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(state))
+    if accelerator.is_main_process:
+        save_weights(weights, state / "last.safetensors")
+        write_metrics(state, history)
+        if best is not None:
+            save_weights(weights, state / "best.safetensors")
+            save_fold_validation(state, *best)
+        else:
+            previous = committed_state(fold)
+            for name in BEST_FILES:
+                _link(previous / name, state / name)
+        with atomic_write(fold / CHECKPOINT) as fh:  # the commit
+            json.dump({"state": state.name, "epoch": epoch}, fh)
+        publish(fold, state)
+        prune_states(fold, state)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator, fold: Path) -> bool:
+    """Restores the committed epoch (Accelerate state and loop counters) and republishes its files; False
+    when the fold has no committed epoch yet."""
+    state = committed_state(fold)
+    if accelerator.is_main_process:
+        prune_states(fold, state)
+        if state is not None:
+            publish(fold, state)
+    accelerator.wait_for_everyone()
+    if state is None:
+        return False
+    accelerator.load_state(str(state))
+    return True
 
 
 def write_held_out(run: Path, df: pd.DataFrame, folds: list[int]) -> dict | None:

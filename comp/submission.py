@@ -1,14 +1,28 @@
-"""Submission files: `NAME.csv` (ImageID,ans), `NAME.probs.npy` (float32, one row of 18 class
-probabilities per CSV row) and `NAME.json` (how it was made).
+"""A submission *set*: `NAME.csv` (ImageID,ans: what the leaderboard takes), `NAME.probs.npy` (float32, one
+row of 18 class probabilities per CSV row) and `NAME.json` (its provenance: how it was made).
 
-Predict writes through here; ensemble, estimate and the ledger read through here, so every command gives
-the same one-line error for a bad CSV. Writes are atomic and never replace an existing file without force.
+One validated reader and one writer for the set, so every command gives the same one-line error for the
+same bad file:
+- the CSV: exactly the columns ImageID,ans, at least one row, each ImageID once, ans an integer class;
+- the probabilities: shape (rows, 18), a float array, finite, non-negative, rows summing to 1 (±1e-3),
+  and the CSV's answer a most probable class of its row (unless the provenance says the answers were
+  chosen otherwise);
+- the provenance: a typed record (`Provenance`); blend methods must be known.
+The writer commits the set as a unit: probabilities, then the CSV, then the JSON, each atomically; the
+JSON is written last and holds the sha256 of the other two, so a set half-replaced by a killed command
+(new probabilities beside the old CSV) is recognised on read and refused, never silently paired.
 """
 from __future__ import annotations
 
+import csv
+import dataclasses
+import hashlib
+import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,7 +30,10 @@ import pandas as pd
 from . import metrics
 from .data import labels as L
 from .errors import CompError
-from .fileio import atomic_path, atomic_write, refuse_overwrite
+from .fileio import atomic_write, refuse_overwrite, write_bytes
+
+PROVENANCE_VERSION = 2
+KINDS = ("predict", "blend", "fit", "external")  # external: a CSV comp did not make (no JSON, or another tool's)
 
 
 def probs_path(csv: Path | str) -> Path:
@@ -29,13 +46,108 @@ def meta_path(csv: Path | str) -> Path:
     return p.with_name(p.name.removesuffix(".csv") + ".json")
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- provenance
+@dataclass
+class Provenance:
+    """How a submission was made. `comp predict` and `comp ensemble` write it; the estimator, the ledger and
+    reports read it. Unknown to a CSV from elsewhere: kind `external`."""
+    kind: str = "external"  # predict | blend | fit | external
+    data: str | None = None  # dataset root whose eval/info.csv the rows follow
+    runs: list[str] = field(default_factory=list)  # predict, fit: run folders, in order
+    ckpt: str = "best"  # predict, fit: best | last checkpoint of each fold
+    tta: str | None = None  # predict, fit: TTA view set of the eval predictions
+    checkpoints: list[str] = field(default_factory=list)  # predict: every checkpoint averaged
+    method: str | None = None  # blend: a name in comp.blend.METHODS
+    inputs: list[str] = field(default_factory=list)  # blend: the input CSVs, in order
+    weights: list[float] = field(default_factory=list)  # blend: per input; fit: per run
+    weighting: str | None = None  # fit: greedy (Caruana selection) | mean (selection lost out of fold)
+    bias: list[float] = field(default_factory=list)  # fit: per-class log-prior shift (empty: none)
+    answers_from_probs: bool = True  # the CSV's answers are the argmax of NAME.probs.npy
+    stats: dict[str, Any] = field(default_factory=dict)  # informative only: timings, models, OOF table
+    files: dict[str, str | None] = field(default_factory=dict)  # sha256 of the committed csv and probs
+    version: int = PROVENANCE_VERSION
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Any, source: str) -> Provenance:
+        """A validated record from a parsed NAME.json (this version's, or the untyped one comp wrote before)."""
+        if not isinstance(raw, dict):
+            raise CompError(f"{source}: expected a JSON object describing the submission, got {type(raw).__name__}; "
+                            "delete the file (the CSV stays usable) or rewrite it with the command that made it")
+        if "kind" not in raw:
+            raw = _upgrade(raw)
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(names))
+        if unknown:
+            raise CompError(f"{source}: unknown provenance field {unknown[0]!r}; was it written by a newer comp?")
+        checks = {"kind": str, "data": (str, type(None)), "runs": list, "ckpt": str, "tta": (str, type(None)),
+                  "checkpoints": list, "method": (str, type(None)), "inputs": list, "weights": list,
+                  "weighting": (str, type(None)), "bias": list, "answers_from_probs": bool, "stats": dict,
+                  "files": dict, "version": int}
+        for key, tp in checks.items():
+            if key in raw and not isinstance(raw[key], tp):
+                raise CompError(f"{source}: provenance field {key!r} has the wrong type ({type(raw[key]).__name__})")
+        p = cls(**raw)
+        if p.kind not in KINDS:
+            raise CompError(f"{source}: provenance kind {p.kind!r} unknown; choose one of {', '.join(KINDS)}")
+        for key in ("weights", "bias"):
+            values = getattr(p, key)
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                raise CompError(f"{source}: provenance field {key!r} must hold finite numbers")
+        if not all(isinstance(v, str) for v in p.runs + p.inputs + p.checkpoints):
+            raise CompError(f"{source}: provenance paths (runs, inputs, checkpoints) must be strings")
+        if p.kind == "blend":
+            from .blend import METHODS
+
+            if p.method not in METHODS:
+                raise CompError(f"{source}: blend method {p.method!r} is unknown to this comp (it knows "
+                                f"{', '.join(METHODS)}); was the file written by another version?")
+            if not p.inputs or (p.weights and len(p.weights) != len(p.inputs)):
+                raise CompError(f"{source}: a blend needs its inputs and one weight per input")
+        if p.kind == "fit" and (not p.runs or len(p.weights) != len(p.runs)):
+            raise CompError(f"{source}: a fitted blend needs its runs and one weight per run")
+        return p
+
+
+def _upgrade(raw: dict) -> dict:
+    """The untyped JSON of comp before provenance version 2 → this version's fields."""
+    raw = dict(raw)
+    method = raw.pop("ensemble", None)
+    out: dict[str, Any] = {"data": raw.pop("data", None)}
+    if method == "fit":
+        out.update(kind="fit", runs=raw.pop("runs", []), weights=raw.pop("weights", []),
+                   weighting=raw.pop("weighting", "greedy"), bias=raw.pop("bias", []), tta=raw.pop("tta", None))
+    elif method is not None:
+        out.update(kind="blend", method=method, inputs=raw.pop("inputs", []), weights=raw.pop("weights", []))
+    elif "runs" in raw:
+        out.update(kind="predict", runs=raw.pop("runs"), ckpt=raw.pop("ckpt", "best"), tta=raw.pop("tta", None),
+                   checkpoints=raw.pop("checkpoints", []))
+    out["stats"] = raw  # whatever else it said (timings, models, OOF table)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- sets
 @dataclass
 class Submission:
     path: Path
     ids: np.ndarray  # ImageID strings, in file order
     ans: np.ndarray  # int64 class ids
     probs: np.ndarray | None = None  # (N, 18) float32, same order, when NAME.probs.npy exists
-    meta: dict = field(default_factory=dict)
+    prov: Provenance = field(default_factory=Provenance)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -44,7 +156,7 @@ class Submission:
         """The same submission in the order of `ids` (which must hold the same set)."""
         pos = positions(self.ids, ids)
         probs = None if self.probs is None else self.probs[pos]
-        return Submission(self.path, self.ids[pos], self.ans[pos], probs, self.meta)
+        return Submission(self.path, self.ids[pos], self.ans[pos], probs, self.prov)
 
 
 def positions(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -52,43 +164,119 @@ def positions(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return pd.Series(np.arange(len(keys)), index=keys)[wanted].to_numpy()
 
 
-def read_meta(csv: Path | str) -> dict:
-    """The submission's NAME.json (what made it), or {} when there is none."""
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CompError(f"{path}: not a readable JSON file ({type(e).__name__}); delete it (the CSV stays usable) "
+                        "or rewrite it with the command that made the submission") from None
+
+
+def read_provenance(csv: Path | str) -> Provenance:
+    """The submission's provenance (NAME.json), validated; kind `external` when there is none."""
     mp = meta_path(csv)
-    return json.loads(mp.read_text()) if mp.is_file() else {}
+    return Provenance.from_json(_read_json(mp), str(mp)) if mp.is_file() else Provenance()
 
 
-def read_submission(path: Path | str, need_probs: bool = False) -> Submission:
-    """Reads and validates a submission CSV (and its probabilities / metadata when present)."""
-    path = Path(path)
+def _read_csv(path: Path) -> pd.DataFrame:
+    from .data.reader import ragged_rows
+
     if not path.is_file():
         raise CompError(f"{path}: submission not found")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as e:  # pandas raises several types on broken files
-        raise CompError(f"{path}: not a readable CSV ({type(e).__name__}); expected columns ImageID,ans") from None
-    if list(df.columns[:2]) != ["ImageID", "ans"] or len(df.columns) != 2:
-        raise CompError(f"{path}: columns are {','.join(df.columns)}; a submission has exactly ImageID,ans")
+        ragged = ragged_rows(path)
+        if ragged:
+            line, n, expected = ragged[0]
+            raise CompError(f"{path}:{line}: {n} fields where the header has {expected} ({len(ragged)} such rows); "
+                            "a submission has exactly ImageID,ans")
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise CompError(f"{path}: the file is empty; a submission has the header ImageID,ans and one row per image") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, csv.Error) as e:
+        where = str(e).splitlines()[0][:120] if isinstance(e, pd.errors.ParserError) else type(e).__name__
+        raise CompError(f"{path}: not a readable CSV ({where}); expected columns ImageID,ans") from None
+    if list(df.columns) != ["ImageID", "ans"]:
+        raise CompError(f"{path}: columns are {','.join(map(str, df.columns))}; a submission has exactly ImageID,ans")
+    if df.empty:
+        raise CompError(f"{path}: no rows under the header; a submission lists every eval image")
+    return df
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy raises several types for empty, truncated or foreign files
+        raise CompError(f"{path}: not a readable .npy array ({type(e).__name__}); delete it or rewrite it with the "
+                        "command that made the submission") from None
+    if not isinstance(arr, np.ndarray):
+        raise CompError(f"{path}: holds several arrays; expected one (rows, 18) array of probabilities")
+    return arr
+
+
+def check_probs(probs: np.ndarray, ans: np.ndarray | None, where: str, from_probs: bool = True) -> np.ndarray:
+    """Validated (N, 18) float32 class probabilities; with `ans`, each answer must be a most probable class."""
+    if probs.dtype.kind != "f":
+        raise CompError(f"{where}: probabilities of dtype {probs.dtype}; expected floats")
+    n = len(ans) if ans is not None else len(probs)
+    if probs.shape != (n, L.N_CLASSES):
+        raise CompError(f"{where}: shape {probs.shape}, expected ({n}, 18): one row of 18 class probabilities per CSV row")
+    p = probs.astype(np.float64)
+    bad = ~np.isfinite(p).all(1)
+    if bad.any():
+        raise CompError(f"{where}: row {int(np.argmax(bad))} holds NaN or infinity ({int(bad.sum())} such rows)")
+    bad = (p < 0).any(1)
+    if bad.any():
+        raise CompError(f"{where}: row {int(np.argmax(bad))} holds a negative probability ({int(bad.sum())} such rows)")
+    sums = p.sum(1)
+    bad = np.abs(sums - 1) > 1e-3
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise CompError(f"{where}: row {i} sums to {sums[i]:.4g}, not 1 ({int(bad.sum())} such rows); save "
+                        "probabilities (softmax), not logits or scores")
+    if ans is not None and from_probs:
+        off = p[np.arange(n), ans] < p.max(1) - 1e-6
+        if off.any():
+            i = int(np.argmax(off))
+            raise CompError(f"{where}: row {i}: the CSV answers class {ans[i]} but the most probable class is "
+                            f"{int(p[i].argmax())} ({int(off.sum())} such rows); the probabilities belong to another "
+                            "CSV — rewrite the set, or delete the .probs.npy")
+    return probs.astype(np.float32, copy=False)
+
+
+def read_submission(path: Path | str, need_probs: bool = False) -> Submission:
+    """Reads and validates a submission set: the CSV, its probabilities and provenance when present."""
+    path = Path(path)
+    df = _read_csv(path)
     ans = pd.to_numeric(df["ans"], errors="coerce")
     bad = np.flatnonzero(~(ans.notna() & (ans % 1 == 0) & ans.between(0, L.N_CLASSES - 1)).to_numpy())
     if len(bad):
         raise CompError(f"{path}:{bad[0] + 2}: ans {df['ans'].iat[bad[0]]!r} is not a class 0-17 "
                         f"({len(bad)} such rows); every ans must be an integer class id")
+    empty = np.flatnonzero((df["ImageID"].str.strip() == "").to_numpy())
+    if len(empty):
+        raise CompError(f"{path}:{empty[0] + 2}: empty ImageID ({len(empty)} such rows)")
     dup = df["ImageID"].duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
         raise CompError(f"{path}:{i + 2}: ImageID {df['ImageID'].iat[i]} appears more than once "
                         f"({int(dup.sum())} duplicates); each image must be listed once")
-    probs = None
+    ans = ans.to_numpy(np.int64)
+    prov = read_provenance(path)
     pp = probs_path(path)
+    if prov.files:  # a set comp committed: its sidecars must be the ones written with this CSV
+        stale = prov.files.get("csv") != sha256_file(path) or \
+            prov.files.get("probs") != (sha256_file(pp) if pp.is_file() else None)
+        if stale:
+            raise CompError(f"{path}: its .json / .probs.npy were not written with this CSV (a command was interrupted "
+                            "while replacing the set?); rerun that command with --force, or delete the .json and "
+                            ".probs.npy to use the CSV alone")
+    probs = None
     if pp.is_file():
-        probs = np.load(pp)
-        if probs.shape != (len(df), L.N_CLASSES):
-            raise CompError(f"{pp}: shape {probs.shape}, expected ({len(df)}, 18) to match {path.name}")
+        probs = check_probs(_load_npy(pp), ans, str(pp), prov.answers_from_probs)
     elif need_probs:
         raise CompError(f"{path}: no probabilities file {pp.name}; soft blending needs the .probs.npy that "
                         "`comp predict` writes beside the CSV (or use --method vote / per-task)")
-    return Submission(path, df["ImageID"].to_numpy(dtype=object), ans.to_numpy(np.int64), probs, read_meta(path))
+    return Submission(path, df["ImageID"].to_numpy(dtype=object), ans, probs, prov)
 
 
 def check_same_ids(subs: list[Submission]) -> None:
@@ -103,33 +291,41 @@ def check_same_ids(subs: list[Submission]) -> None:
                             f"(e.g. {', '.join(extra[:3]) or '-'}); compare submissions of the same eval set")
 
 
-def check_against_info(sub: Submission, info_ids: np.ndarray) -> None:
-    """A submission for the leaderboard lists every info.csv ImageID once, in info.csv's order."""
-    check_same_ids([Submission(Path("info.csv"), np.asarray(info_ids, dtype=object), np.zeros(len(info_ids), np.int64)),
+def check_against_ids(sub: Submission, expected: np.ndarray, source: str) -> None:
+    """A submission for the leaderboard lists every eval ImageID once, in the eval set's order."""
+    check_same_ids([Submission(Path(source), np.asarray(expected, dtype=object), np.zeros(len(expected), np.int64)),
                     sub])
-    if not np.array_equal(sub.ids, info_ids):
-        raise CompError(f"{sub.path}: ImageIDs are not in info.csv's order; the leaderboard expects that order")
+    if not np.array_equal(sub.ids, expected):
+        raise CompError(f"{sub.path}: ImageIDs are not in {source}'s order; the leaderboard expects that order")
 
 
-def write_submission(path: Path | str, ids, ans, probs: np.ndarray | None = None, meta: dict | None = None,
+def write_submission(path: Path | str, ids, ans, probs: np.ndarray | None = None, prov: Provenance | None = None,
                      force: bool = False) -> Path:
-    """Writes NAME.csv (+ NAME.probs.npy, NAME.json), each atomically; refuses to overwrite without force."""
+    """Commits NAME.csv (+ NAME.probs.npy) and NAME.json as one set (see the module docstring); refuses to
+    overwrite without force and refuses probabilities that fail the reader's checks."""
     path = Path(path)
     if path.suffix != ".csv":
         raise CompError(f"{path}: a submission file name ends in .csv")
     refuse_overwrite(path, force, "submission")
     ans = np.asarray(ans, dtype=np.int64)
+    prov = dataclasses.replace(prov or Provenance())
+    buf = io.StringIO()
+    pd.DataFrame({"ImageID": list(ids), "ans": ans}).to_csv(buf, index=False)
+    csv_bytes = buf.getvalue().encode()
+    npy_bytes = None
     if probs is not None:
-        probs = np.asarray(probs, dtype=np.float32)
-        with atomic_path(probs_path(path)) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, probs)
+        probs = check_probs(np.asarray(probs), ans, f"{path.name}: the probabilities to write", prov.answers_from_probs)
+        out = io.BytesIO()
+        np.save(out, probs)
+        npy_bytes = out.getvalue()
+    prov.files = {"csv": sha256_bytes(csv_bytes), "probs": None if npy_bytes is None else sha256_bytes(npy_bytes)}
+    if npy_bytes is not None:
+        write_bytes(probs_path(path), npy_bytes)
     elif probs_path(path).exists():  # a stale probabilities file would pair with the wrong answers
         probs_path(path).unlink()
-    if meta is not None:
-        with atomic_write(meta_path(path)) as fh:
-            json.dump(meta, fh, indent=1, default=str)
-    with atomic_write(path, newline="") as fh:
-        pd.DataFrame({"ImageID": list(ids), "ans": ans}).to_csv(fh, index=False)
+    write_bytes(path, csv_bytes)
+    with atomic_write(meta_path(path)) as fh:  # last: the commit record of the set
+        json.dump(prov.to_json(), fh, indent=1, default=str)
     return path
 
 

@@ -19,7 +19,7 @@ def test_submission_follows_info_csv(tiny_root, tiny_runs, tmp_path):
     assert probs.dtype == np.float32 and probs.shape == (len(info), 18)
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
     assert (sub["ans"].astype(int).to_numpy() == probs.argmax(1)).all()
-    assert r.meta["tta"] == "none" and len(r.meta["checkpoints"]) == 2
+    assert r.prov.tta == "none" and len(r.prov.checkpoints) == 2
     assert r.scores is not None and 0 <= r.scores["public"]["f1"] <= 1  # the synthetic set has an answer key
 
 

@@ -154,6 +154,7 @@ def test_nan_loss_stops_with_the_step(tiny_root, tmp_path, monkeypatch):
     monkeypatch.setattr(Criterion, "__call__", nan_on_second_step)
     with pytest.raises(CompError, match=r"loss became nan at epoch 1, step 2; lower optim.lr"):
         train(tiny_cfg(tiny_root), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing to resume: the corrected rerun needs no --force
 
 
 def test_losses():

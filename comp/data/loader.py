@@ -53,11 +53,26 @@ class ImageDataset(Dataset):
         return x, (-1 if self.labels is None else int(self.labels[i])), i
 
 
+def die_with_parent(_worker_id: int = 0) -> None:
+    """A DataLoader worker ends when its parent does, even killed (Linux): otherwise a worker blocked on a
+    full queue outlives a SIGKILLed training."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def make_loader(dataset: ImageDataset, batch_size: int, workers: int, sampler: Sampler | None = None,
                 drop_last: bool = False) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                       drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                      prefetch_factor=4 if workers > 0 else None)
+                      prefetch_factor=4 if workers > 0 else None,
+                      worker_init_fn=die_with_parent if workers > 0 else None)
 
 
 def sampler_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from . import labels as L
 TRAIN_COLUMNS = ("id", "gender", "race", "age", "path")
 EVAL_COLUMNS = ("ImageID", "ans")
 TRUTH_COLUMNS = ("ImageID", "ans", "Usage")
+MIN_AGE, MAX_AGE = 0, 120
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,33 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def ragged_rows(path: Path) -> list[tuple[int, int, int]]:
+    """(line, fields, header fields) of each row whose field count differs from the header's: pandas would
+    silently turn an extra first field into an index, or fill a missing one."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+        rows = csv.reader(fh)
+        header = next(rows, [])
+        return [(i, len(r), len(header)) for i, r in enumerate(rows, start=2) if r and len(r) != len(header)]
+
+
 def _read_csv(path: Path, columns: tuple[str, ...], problems: list[Problem]) -> pd.DataFrame | None:
     if not path.is_file():
         problems.append(Problem("file not found", str(path), f"expected a CSV with columns {','.join(columns)}"))
         return None
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        ragged = ragged_rows(path)
+        if ragged:
+            line, n, expected = ragged[0]
+            problems.append(Problem(f"row has {n} fields, the header {expected} ({len(ragged)} such rows)",
+                                    f"{path}:{line}", "fix the row (a comma too many or too few?)"))
+            return None
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except Exception as e:  # pandas raises many kinds for a broken CSV
-        problems.append(Problem(f"unreadable CSV ({type(e).__name__}: {e})", str(path), "check the file is a CSV"))
+        why = str(e).splitlines()[0][:120] if str(e) else ""
+        problems.append(Problem(f"unreadable CSV ({type(e).__name__}{': ' + why if why else ''})", str(path),
+                                "check the file is a UTF-8 CSV"))
         return None
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -94,6 +114,9 @@ def _scan_person_dir(folder: Path, problems: list[Problem]) -> dict[str, str]:
             problems.append(Problem("unknown image file (expected mask1-5, incorrect_mask, normal as .jpg/.jpeg/.png)",
                                     str(folder / entry.name), "rename or remove it"))
             continue
+        if entry.stat().st_size == 0:
+            problems.append(Problem("empty image file (0 bytes)", str(folder / entry.name),
+                                    "replace it with the real photo or drop the person"))
         shots[stem].append(entry.name)
     for stem in L.MASK_STEMS:
         if stem not in shots:
@@ -138,6 +161,10 @@ def scan_train(root: Path | str, bins: L.AgeBins = L.AgeBins(),
             age = int(r.age)
         except ValueError:
             problems.append(Problem(f"age {r.age!r} is not an integer", where, "fix the age column"))
+            continue
+        if not MIN_AGE <= age <= MAX_AGE:
+            problems.append(Problem(f"age {age} is not a plausible age ({MIN_AGE}-{MAX_AGE})", where,
+                                    "fix the age in train.csv and the folder name"))
             continue
         if (fid, fgender, fage) != (r.id, r.gender.lower(), age):
             problems.append(Problem("train.csv row disagrees with its folder name", f"{where} ({r.path})",
@@ -241,13 +268,27 @@ def scan_eval(root: Path | str) -> tuple[pd.DataFrame, list[Problem]]:
     dup = info["ImageID"].duplicated()
     for i in np.flatnonzero(dup.to_numpy())[:50]:
         problems.append(Problem("ImageID listed twice", f"{info_path}:{i + 2}", "each eval image must appear once"))
-    present = {e.name for e in os.scandir(img_dir)} if img_dir.is_dir() else set()
-    missing = ~info["ImageID"].isin(present)
+    entries = {e.name: e for e in os.scandir(img_dir)} if img_dir.is_dir() else {}
+    present = {name for name, e in entries.items() if e.is_file() and e.stat().st_size > 0}
+    for i in np.flatnonzero(info["ImageID"].isin(set(entries) - present).to_numpy()):
+        problems.append(Problem("eval image is empty (0 bytes) or not a file", f"{img_dir / info['ImageID'].iat[i]}",
+                                "restore the image from the competition data"))
+    missing = ~info["ImageID"].isin(entries)
     for i in np.flatnonzero(missing.to_numpy()):
         problems.append(Problem("info.csv ImageID has no image in eval/images", f"{info_path}:{i + 2} "
                                 f"({info['ImageID'].iat[i]})", "restore the image from the competition data"))
     df = pd.DataFrame({"ImageID": info["ImageID"], "path": [str(img_dir / x) for x in info["ImageID"]]})
     return df, problems
+
+
+def read_info_ids(root: Path | str) -> np.ndarray:
+    """The ImageIDs of ROOT/eval/info.csv, in order (the images themselves need not be here)."""
+    problems: list[Problem] = []
+    path = Path(root) / "eval" / "info.csv"
+    info = _read_csv(path, EVAL_COLUMNS, problems)
+    if problems:
+        raise problems_error(problems)
+    return info["ImageID"].to_numpy(dtype=object)
 
 
 def load_eval(root: Path | str) -> pd.DataFrame:

@@ -9,6 +9,7 @@ of comes from `factory`; every file it writes goes through `comp.runs`.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,17 +86,9 @@ def validate(f: Fold) -> tuple[dict, np.ndarray, np.ndarray]:
 
 
 def save_epoch(f: Fold, probs: np.ndarray, rows: np.ndarray, improved: bool) -> None:
-    """Checkpoints and files of a finished epoch, then the Accelerate state (what --resume reads)."""
-    acc = f.accelerator
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        weights = acc.unwrap_model(f.eval_model)
-        if improved:
-            runs.save_weights(weights, f.out / "best.safetensors")
-            runs.save_fold_validation(f.out, probs, rows)
-        runs.save_weights(weights, f.out / "last.safetensors")
-        runs.write_metrics(f.out, f.state.history)
-    acc.save_state(str(f.out / "state"))
+    """The finished epoch committed as a whole: state for --resume, last (and best) weights, metrics."""
+    runs.save_checkpoint(f.accelerator, f.out, f.state.epoch, f.accelerator.unwrap_model(f.eval_model),
+                         f.state.history, (probs, rows) if improved else None)
 
 
 EpochHook = Callable[[int, dict], None]  # (fold, the epoch's metrics row); may raise to stop the run
@@ -108,8 +101,7 @@ def train_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, resume: bool
     log_with = trackers(cfg.train.trackers)
     f = build_fold(cfg, df, fold, out, log_with)
     acc, state = f.accelerator, f.state
-    if resume and (out / "state").is_dir():
-        acc.load_state(str(out / "state"))
+    if resume and runs.load_checkpoint(acc, out):
         f.scheduler.step_update(state.step)
     if log_with:
         acc.init_trackers(cfg.name, config=cfg.flat() | {"fold": fold})
@@ -141,7 +133,8 @@ def train_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, resume: bool
         probs, rows = runs.read_fold_validation(out)
         runs.write_confusion(out, df["label"].to_numpy()[rows], probs.argmax(1))
         runs.mark_done(out, state.best_epoch, best)
-    acc.free_memory()
+    if torch.cuda.is_available():  # frees GPU memory for the next fold; on CPU it would only run the GC
+        acc.free_memory()
     return FoldResult(fold, state.best_epoch, best, state.history, time.time() - t0)
 
 
@@ -163,15 +156,21 @@ def train(cfg: Config, out: Path | str, folds: list[int] | None = None, resume: 
         raise CompError(f"fold {bad[0]} does not exist: data.folds={cfg.data.folds} gives folds 0..{cfg.data.folds - 1}")
     check_config(cfg)
     df = runs.train_frame(cfg)  # reads and validates the data (and makes the crops) before the run exists
+    fresh = force or not (out / "config.yaml").exists()
     runs.prepare_run(cfg, out, resume, force)
     results = []
-    for k in folds:
-        d = runs.fold_dir(out, k)
-        if resume and (d / "done").exists():  # finished before the interruption
-            done = runs.read_done(d)
-            results.append(FoldResult(k, done["best_epoch"], done["best"], [], 0.0))
-            continue
-        results.append(train_fold(cfg, df, k, d, resume=resume, on_epoch=on_epoch))
+    try:
+        for k in folds:
+            d = runs.fold_dir(out, k)
+            if resume and (d / "done").exists():  # finished before the interruption
+                done = runs.read_done(d)
+                results.append(FoldResult(k, done["best_epoch"], done["best"], [], 0.0))
+                continue
+            results.append(train_fold(cfg, df, k, d, resume=resume, on_epoch=on_epoch))
+    except BaseException:
+        if fresh and not any(runs.committed_state(runs.fold_dir(out, k)) for k in folds):
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth resuming: the corrected rerun needs no --force
+        raise
     trained = runs.trained_folds(out)
     oof = runs.write_held_out(out, df, trained)
     runs.write_run_info(out, {"name": cfg.name, "folds": trained, "best": {r.fold: r.best for r in results},
