@@ -111,7 +111,7 @@ def clean_message(text: str, limit: int = 160) -> str:
     return cut + " …"
 
 
-def _why_unreadable(e: Exception, p: Path) -> str:
+def _why_unreadable(e: Exception) -> str:
     """What is wrong with a file that neither safetensors nor torch could read, in a few words."""
     msg = clean_message(str(e), 10_000)  # whole: the telling part of torch's text comes last
     name = type(e).__name__
@@ -155,7 +155,7 @@ def read_checkpoint(path: Path | str, what: str = "model.weights") -> tuple[dict
             with torch.serialization.safe_globals([argparse.Namespace]):
                 sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or foreign files raise many types
-        raise CompError(f"{p}: {_why_unreadable(e, p)}") from None
+        raise CompError(f"{p}: {_why_unreadable(e)}") from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
