@@ -483,7 +483,7 @@ def weights_import(
     r = import_weights(file, model, out, norm, force)
     t = Table(title=f"{file} → {r.out}", show_header=False)
     t.add_row("architecture", f"{r.architecture} ({r.num_classes} classes)")
-    t.add_row("tensors", r.fit.describe(0).split(" (")[0] if r.fit.mapping is not None else r.fit.describe())
+    t.add_row("tensors", r.fit.describe(examples=0))
     t.add_row("normalisation", f"mean {list(r.norm.mean)} std {list(r.norm.std)} ({r.norm.source})")
     t.add_row("source sha256", r.sha256)
     console.print(t)

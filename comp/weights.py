@@ -212,12 +212,13 @@ class Fit:
     fresh: list[str] = field(default_factory=list)
     mapping: list[tuple[str, str]] | None = None
 
-    def describe(self, n: int = 3) -> str:
+    def describe(self, examples: int = 3) -> str:
+        """'N tensors loaded by name', or how many were mapped by order and shape, with a few renamings."""
         if self.mapping is None:
             return f"{len(self.tensors)} tensors loaded by name"
         pairs = [(a, b) for a, b in self.mapping if a != b]
-        eg = ", ".join(f"{b} → {a}" for a, b in pairs[:n])
-        return f"{len(self.mapping)} tensors mapped by order and shape ({len(pairs)} renamed, e.g. {eg})"
+        eg = f", e.g. {', '.join(f'{b} → {a}' for a, b in pairs[:examples])}" if examples and pairs else ""
+        return f"{len(self.mapping)} tensors mapped by order and shape ({len(pairs)} renamed{eg})"
 
 
 def _eg(keys: list[str], n: int = 3) -> str:
