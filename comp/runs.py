@@ -42,6 +42,7 @@ from .data.splits import assign_folds
 from .errors import CompError
 from .fileio import atomic_path, atomic_write, sweep_stale, temp_name
 from .models import Head, create_model, load_weights_file
+from .weights import norm_metadata
 
 CHECKPOINTS = ("best", "last")
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "f1", "f1_mask", "f1_gender", "f1_age", "acc",
@@ -161,11 +162,12 @@ def prepare_run(cfg: Config, out: Path, resume: bool, force: bool) -> None:
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """A checkpoint, with the input normalisation the model was fed in its metadata (what predict reads back)."""
     from safetensors.torch import save_file
 
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(sd, str(tmp))
+        save_file(sd, str(tmp), metadata=norm_metadata(model))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -25,6 +25,8 @@ from . import metrics, runs
 from .config import Config, read_run_config, save_config
 from .errors import CompError
 from .fileio import atomic_dir
+from .models import normalizer, resolve_norm
+from .weights import IMAGENET_MEAN, IMAGENET_STD, Norm, file_norm
 
 
 @dataclass
@@ -58,11 +60,22 @@ def _check_compatible(ings: list[Ingredient], states: list[dict]) -> None:
                             f"{first.cfg.model.name} ({first.cfg.model.head}); a soup needs one architecture and head")
         if {k: v.shape for k, v in sd.items()} != {k: v.shape for k, v in states[0].items()}:
             raise CompError(f"{ing.ckpt}: its tensors differ from {first.ckpt}'s; a soup needs one architecture")
+        if _norm_record(ing) != _norm_record(first):  # the weights live in different input spaces
+            raise CompError(f"{ing.ckpt}: trained on inputs normalised as {_norm_record(ing)}, {first.ckpt} as "
+                            f"{_norm_record(first)}; a soup needs one normalisation")
         d, d0 = ing.cfg.data, first.cfg.data
         if (ing.fold, d.root, d.folds, d.split_seed, d.old_from, d.young_below, d.relabel) != \
                 (first.fold, d0.root, d0.folds, d0.split_seed, d0.old_from, d0.young_below, d0.relabel):
             raise CompError(f"{ing.ckpt}: validated on another fold or split than {first.ckpt}; soup checkpoints "
                             "trained with the same data settings and --fold")
+
+
+def _norm_record(ing: Ingredient) -> tuple:
+    """(mean, std) an ingredient was trained with: its config's, else its checkpoint's (checkpoints from
+    before comp recorded it were fed ImageNet's)."""
+    own = file_norm(ing.ckpt) or Norm(IMAGENET_MEAN, IMAGENET_STD, "ImageNet")
+    n = resolve_norm(ing.cfg, own)
+    return list(n.mean), list(n.std)
 
 
 def average(states: list[dict]) -> dict:
@@ -95,15 +108,16 @@ def make_soup(inputs: list[Path | str], out: Path | str, kind: str = "greedy", f
     y = val["label"].to_numpy()
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
     loader = accelerator.prepare_data_loader(runs.image_loader(cfg, val["path"].tolist(), y, desc="caching validation"))
-    model, head = runs.build_model(cfg)
+    # built from the first checkpoint: the model carries the normalisation it recorded, so the soup's own
+    # checkpoints record it too
+    model, head = runs.build_model(cfg, ings[0].ckpt)
+    norm = normalizer(cfg, model).to(accelerator.device)
 
     def val_probs(state: dict) -> np.ndarray:
-        from .data.loader import Normalizer
         from .inference import predict_probs
 
         model.load_state_dict(state)
         model.to(accelerator.device)
-        norm = Normalizer(cfg.augment.mean, cfg.augment.std).to(accelerator.device)
         p, idx = predict_probs(model, head, loader, norm, accelerator, desc="validating")
         return p[np.argsort(idx)]
 

@@ -15,7 +15,7 @@ from comp.data import labels as L
 from comp.data.cache import load_resized
 from comp.data.loader import Normalizer
 from comp.errors import CompError
-from comp.models import Head
+from comp.models import Head, normalizer
 from comp.report import make_report
 from comp.submission import write_submission
 
@@ -33,7 +33,7 @@ def _val_images(run, n=5):
 @pytest.mark.parametrize("kind", [0, 1], ids=["multiclass", "multitask"])
 def test_cam_maps_have_the_image_size_and_lie_in_unit_range(tiny_runs, kind, which):
     model, head, cfg, images = _val_images(tiny_runs[kind])
-    normalize = Normalizer(cfg.augment.mean, cfg.augment.std)
+    normalize = normalizer(cfg, model)
     # layer3 still holds a 2x1 map at 24x32 (layer4, the automatic choice, is 1x1 there)
     cams = X.grad_cam(model, head, images, normalize, which, layer="layer3")
     assert cams.maps.shape == images.shape[:3] and cams.maps.dtype == np.float32
@@ -75,7 +75,7 @@ def test_target_layer_is_found_for_common_families(name, kwargs, layer):
 
 def test_a_bad_layer_is_a_clear_error(tiny_runs):
     model, head, cfg, images = _val_images(tiny_runs[0], 2)
-    normalize = Normalizer(cfg.augment.mean, cfg.augment.std)
+    normalize = normalizer(cfg, model)
     with pytest.raises(CompError, match="no such module.*layer4"):
         X.grad_cam(model, head, images, normalize, layer="layer9")
     with pytest.raises(CompError, match="not a spatial map"):

@@ -12,7 +12,7 @@ LAYERS = [
     ["comp", "comp.errors", "comp.fileio", "comp.ui", "comp.registry"],
     ["comp.data", "comp.data.*", "comp.config", "comp.metrics", "comp.plots", "comp.blend"],
     ["comp.submission"],
-    ["comp.models"],
+    ["comp.models", "comp.weights"],
     ["comp.runs"],
     ["comp.inference", "comp.train", "comp.train.*"],
     ["comp.predict", "comp.soup", "comp.ensemble", "comp.ledger"],

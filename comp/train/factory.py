@@ -28,8 +28,9 @@ from ..data.detectors import DETECTORS
 from ..data.loader import SAMPLERS, EpochSampler, ImageDataset, Normalizer, make_loader, sampler_weights
 from ..data.tta import TTA_VIEWS
 from ..errors import CompError
-from ..models import HEADS, Head, check_model_name, create_model
+from ..models import HEADS, Head, check_model_name, create_model, normalizer
 from ..registry import Registry
+from ..weights import check_weights
 from .losses import CLASS_WEIGHTS, LOSSES, Criterion
 
 # name → arguments of timm's create_scheduler_v2; every schedule starts with sched.warmup_epochs of warm-up
@@ -87,9 +88,7 @@ def check_config(cfg: Config, source: str = "config") -> None:
     attempt(choice, "train.mixed_precision", cfg.train.mixed_precision, [p for p in PrecisionType.list() if p != "fp8"])
     if cfg.data.crop:
         attempt(DETECTORS.check, cfg.data.crop.partition(":")[0], "data.crop")
-    w = cfg.model.weights
-    if w not in ("none", "", "hub") and not Path(w).is_file():
-        problems.append(f"{source}: model.weights={w}: file not found; give a .safetensors/.pth file, hub or none")
+    attempt(check_weights, cfg.model.weights)  # none | hub | a file | an installed package:NAME
     attempt(trackers, cfg.train.trackers)
     if problems:
         raise CompError(*problems)
@@ -213,6 +212,9 @@ def build_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, log_with: li
     train_loader, val_loader, tr_idx, va_idx = create_loaders(cfg, df, fold)
     head = Head(cfg.model.head, cfg.model.head_weights)
     model = create_model(cfg.model, head)
+    # augment.mean/std, else what the weights expect; recorded on the model (and the EMA copy made from it)
+    # so every checkpoint carries it
+    normalize = normalizer(cfg, model, cfg.model.channels_last).to(accelerator.device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = timm.optim.create_optimizer_v2(model, opt=cfg.optim.name, lr=cfg.optim.lr,
@@ -224,7 +226,6 @@ def build_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, log_with: li
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=tc.ema_decay, use_warmup=True) if tc.ema else None
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state, *([ema] if ema else []))
-    normalize = Normalizer(cfg.augment.mean, cfg.augment.std, cfg.model.channels_last).to(accelerator.device)
     return Fold(cfg, fold, out, accelerator, model, head, optimizer, scheduler,
                 Criterion(cfg.loss, head, df["label"].to_numpy()[tr_idx]), create_mixup(cfg.mixup, cfg.loss.label_smoothing),
                 ema, normalize, train_loader, val_loader, va_idx, torch.as_tensor(df["label"].to_numpy()[va_idx]), state)
