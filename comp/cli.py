@@ -497,6 +497,10 @@ def sweep_cmd(
         raise CompError("give --trials N: how many finished trials the study should hold (0: only create it)")
     r = run(pipeline, space, data, trials, storage, study, out, timeout, folds, list(set_ or []), keep,
             pruner=pruner, prune_startup=prune_startup, prune_warmup=prune_warmup, heartbeat=heartbeat)
+    if trials == 0:
+        console.print(f"sweep {r.name} is ready in {escape(r.url)}: start the workers (the same command with "
+                      "--trials N, or --study/--storage/--data alone)", highlight=False)
+        return
     counts = {s: sum(t.state.name.lower() == s for t in r.ran) for s in ("complete", "pruned", "fail")}
     console.print(f"sweep {r.name}: the study holds {r.finished} of {r.n_trials} finished trials"
                   f"{' (stopped at --timeout)' if r.stopped == 'timeout' else ''}; this worker ran {len(r.ran)} "
@@ -527,13 +531,17 @@ def sweep_show(
     console.print(f"sweep {r.name} ({escape(r.url)}): pipeline {s.pipeline}, folds {s.folds or 'data.fold'}, "
                   f"pruner {s.pruner}" + (f", --set {' '.join(s.sets)}" if s.sets else ""), highlight=False)
     keys = list(s.space)
+    short = {k: k.rsplit(".", 1)[-1] for k in keys}  # lr, preset, ... unless two keys share a last part
+    short = {k: v if list(short.values()).count(v) == 1 else k for k, v in short.items()}
     t = Table(title=f"trials of {r.name}")
-    for col in ("#", "state", "F1", "epochs", *keys, "min", "note"):
-        t.add_column(col, justify="right" if col in ("#", "F1", "epochs", "min") else "left")
+    for col in ("#", "state", "F1", "epochs", "min", "parameters", "note"):
+        t.add_column(col, justify="right" if col in ("#", "F1", "epochs", "min") else "left",
+                     no_wrap=col in ("state", "F1"))
     for row in r.rows:
+        params = " ".join(f"{short[k]}={_fmt_param(row.params[k])}" for k in keys if k in row.params)
         t.add_row(str(row.number), row.state, "" if row.value is None else f"{row.value:.4f}", str(row.epochs),
-                  *(_fmt_param(row.params[k]) if k in row.params else "" for k in keys), f"{row.minutes:.1f}",
-                  escape(row.note), style="bold" if r.best is not None and row.number == r.best.number else None)
+                  f"{row.minutes:.1f}", escape(params), escape(row.note),
+                  style="bold" if r.best is not None and row.number == r.best.number else None)
     console.print(t)
     if r.best is None:
         console.print("no complete trial yet")

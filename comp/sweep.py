@@ -686,8 +686,9 @@ def run(pipeline: Path | str | None = None, space: Path | str | None = None, dat
     sw, st = prepare(study, pipeline, space, data, storage, out, folds, sets, n_trials, **knobs)
     result = SweepResult(sw.name, sw.out, sw.url, n_trials)
     have = sum(t.state in FINISHED for t in st.get_trials(deepcopy=False))
-    ui.console.print(f"sweep {sw.name} ({_redact(sw.url)}): {have} of {n_trials} trials finished; run folders in "
-                     f"{sw.out / 'trials'}", highlight=False)
+    if n_trials:
+        ui.console.print(f"sweep {sw.name} ({_redact(sw.url)}): {have} of {n_trials} trials finished; run folders in "
+                         f"{sw.out / 'trials'}", highlight=False)
     quiet = _QuietSurplus()
     optuna_logger = logging.getLogger("optuna.study._optimize")  # where Optuna logs failed trials
     optuna_logger.addFilter(quiet)
