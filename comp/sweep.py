@@ -716,7 +716,15 @@ def run(pipeline: Path | str | None = None, space: Path | str | None = None, dat
                 continue
             told_waiting = False
             ended: list[FrozenTrial] = []
-            st.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_append_to(ended)])
+            try:
+                st.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_append_to(ended)])
+            except ValueError as e:  # Optuna could not record the end of a trial another worker had failed
+                if not str(e).startswith("Cannot tell a"):
+                    raise
+                ui.console.print(f"sweep {sw.name}: this worker's trial was silent for over "
+                                 f"{GRACE_BEATS * sw.settings.heartbeat} s (a frozen or suspended machine?), so "
+                                 "another worker failed and re-queued it; going on with the next", highlight=False)
+                continue
             t = ended[0]
             if t.number in quiet.numbers:
                 continue
@@ -760,6 +768,14 @@ def _best(trials: list[FrozenTrial]) -> FrozenTrial | None:
     return max(done, key=lambda t: (t.value, -t.number)) if done else None
 
 
+def _report(trial: optuna.Trial, row: dict) -> None:
+    """An epoch's validation F1 for the pruner. After a failed resume the run starts over and reports
+    epochs the dead worker reported already: Optuna keeps the first value and warns; the warning is noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        trial.report(float(row["f1"]), step=int(row["epoch"]))
+
+
 def _objective(sw: Sweep, study: optuna.Study, data: Path | None, n_trials: int,
                quiet: _QuietSurplus) -> Callable[[optuna.Trial], float]:
     from . import runs
@@ -790,7 +806,7 @@ def _objective(sw: Sweep, study: optuna.Study, data: Path | None, n_trials: int,
             if fold != first:  # steps are the first fold's epochs: every trial is judged on the same fold
                 return
             epochs_run.append(row["epoch"])
-            trial.report(float(row["f1"]), step=int(row["epoch"]))
+            _report(trial, row)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {row['epoch']}: F1 {row['f1']:.4f}")
 
@@ -800,7 +816,7 @@ def _objective(sw: Sweep, study: optuna.Study, data: Path | None, n_trials: int,
                 fold_dir = runs.fold_dir(run_dir, first)
                 rows = runs.read_metrics(fold_dir).to_dict("records") if (fold_dir / "metrics.csv").is_file() else []
                 for row in rows:  # the epochs it trained count: the pruner sees the whole curve
-                    trial.report(float(row["f1"]), step=int(row["epoch"]))
+                    _report(trial, row)
                 trial.set_user_attr("resumed_after_epoch", len(rows))
                 if rows and trial.should_prune():
                     raise optuna.TrialPruned(f"epoch {rows[-1]['epoch']}: F1 {rows[-1]['f1']:.4f}")
@@ -817,7 +833,8 @@ def _objective(sw: Sweep, study: optuna.Study, data: Path | None, n_trials: int,
         except optuna.TrialPruned:
             raise
         except Exception as e:
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # taken over meanwhile
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
             raise
         trial.set_user_attr("fold_f1", {str(r.fold): r.best.get("f1") for r in result.folds})
         if result.oof is not None:  # every fold trained: the OOF F1 is the honest score

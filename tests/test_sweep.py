@@ -62,16 +62,14 @@ def trials_of(out: Path, name: str) -> list[optuna.trial.FrozenTrial]:
 
 @pytest.fixture(scope="module")
 def two_workers(pipeline, tiny_root, tmp_path_factory):
-    """A coordinator creates the study; two worker processes (joining with --study alone) share 4 trials."""
+    """Two worker processes started at once with the same command on a new study share 4 trials."""
     base = tmp_path_factory.mktemp("two")
     out = base / "sweeps" / "two"
     space = write(base / "space.yaml", SPACE)
-    created = sweep.run(pipeline, space, tiny_root, n_trials=0, study="two", out=out, sets=["train.epochs=1"],
-                        heartbeat=2)
-    assert created.ran == [] and (out / "sweep.db").is_file() and not (out / "trials").exists()
     logs = [base / f"worker{i}.log" for i in (0, 1)]
-    procs = [worker(["--study", "two", "--out", str(out), "--data", str(tiny_root), "--trials", "4"], base, log)
-             for log in logs]
+    args = ["-p", str(pipeline), "--space", str(space), "--data", str(tiny_root), "--trials", "4", "--study", "two",
+            "--out", str(out), "--set", "train.epochs=1", "--heartbeat", "2"]
+    procs = [worker(args, base, log) for log in logs]  # both find no study: one creates it, the other joins
     codes = [p.wait(timeout=300) for p in procs]
     assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
     return out, space, procs, logs
