@@ -482,8 +482,8 @@ def _fingerprint(cfg: Config) -> dict:
 
 def _disagreement(stored: Settings, mine: Settings) -> str | None:
     """How a joining worker's pipeline, space, --set or --folds differ from the study's, or None."""
-    for name, what in (("pipeline", "pipeline"), ("config", "resolved pipeline (+ --set)"), ("space", "space"),
-                       ("sets", "--set list"), ("folds", "--folds")):
+    # The resolved config, not the pipeline's path or the --set text: `./p.yaml` and `p.yaml` are one recipe.
+    for name, what in (("config", "resolved pipeline (+ --set)"), ("space", "space"), ("folds", "--folds")):
         a, b = getattr(stored, name), getattr(mine, name)
         if a == b:
             continue
@@ -567,9 +567,12 @@ def prepare(study: str | None = None, pipeline: Path | str | None = None, space:
         if found is None and mine is None:
             raise CompError(f"no sweep {study!r} in {_redact(url)}; start it with -p PIPELINE --space SPACE.yaml")
         if found is None:
-            _create(plain, study, mine, pipeline, sets)
-            settings = mine
-        else:
+            try:
+                _create(plain, study, mine, pipeline, sets)
+                settings = mine
+            except optuna.exceptions.DuplicatedStudyError:  # another machine created it a moment ago
+                found = _await_settings(plain, study)
+        if found is not None:
             settings = Settings.from_attrs(found.user_attrs, study)
             why = _disagreement(settings, mine) if mine is not None else None
             if why:
@@ -597,6 +600,18 @@ def prepare(study: str | None = None, pipeline: Path | str | None = None, space:
             sampler=optuna.samplers.TPESampler(n_startup_trials=max(4, min(10, n_trials // 4))),
             pruner=PRUNERS.resolve(settings.pruner)(settings.prune_startup, settings.prune_warmup))
     return Sweep(study, out, url, settings, sp, pipeline), st
+
+
+def _await_settings(storage: optuna.storages.RDBStorage, name: str, seconds: float = 30.0) -> optuna.Study:
+    """The study another worker is creating, once its settings are stored (they are written last)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        found = _find_study(storage, name)
+        if found is not None and all(k in found.user_attrs for k in Settings.__dataclass_fields__):
+            return found
+        time.sleep(0.5)
+    raise CompError(f"study {name!r} appeared in {_redact(storage.url)} but holds no sweep settings after "
+                    f"{seconds:.0f} s; was it made by `comp sweep`? Choose another --study")
 
 
 def _create(storage: optuna.storages.RDBStorage, name: str, s: Settings, pipeline: Path | None,

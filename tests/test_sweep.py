@@ -271,3 +271,20 @@ def test_the_shipped_cpu_space_fits_the_cpu_recipe():
     space = sweep.load_space(REPO / "pipelines" / "sweeps" / "cpu.yaml", REPO / "pipelines" / "cpu.yaml", [])
     assert {"optim.lr", "augment.preset", "train.epochs", "model.head"} <= set(space.dims)
     assert space.dims["optim.lr"].distribution.log
+
+
+def test_a_worker_that_loses_the_race_to_create_the_study_joins_it(pipeline, tiny_root, tmp_path, monkeypatch):
+    # On PostgreSQL two machines can both find no study and both create it (SQLite serialises this with a
+    # file lock): the loser must join the winner's study, not fail.
+    out = tmp_path / "sweeps" / "race"
+    space = write(tmp_path / "space.yaml", SPACE)
+    sweep.run(pipeline, space, tiny_root, n_trials=0, study="race", out=out)  # the winner
+    real, calls = sweep._find_study, []
+
+    def first_look_misses(storage, name):
+        calls.append(name)
+        return None if len(calls) == 1 else real(storage, name)
+    monkeypatch.setattr(sweep, "_find_study", first_look_misses)
+    sw, st = sweep.prepare("race", pipeline, space, tiny_root, out=out)
+    assert len(calls) >= 2 and sw.settings.space == yaml.safe_load(SPACE)
+    assert len(st.get_trials()) == 1  # the winner's baseline, queued once
