@@ -568,7 +568,7 @@ def prepare(study: str | None = None, pipeline: Path | str | None = None, space:
             raise CompError(f"no sweep {study!r} in {_redact(url)}; start it with -p PIPELINE --space SPACE.yaml")
         if found is None:
             try:
-                _create(plain, study, mine, pipeline, sets)
+                _create(plain, study, mine, sp, pipeline, sets)
                 settings = mine
             except optuna.exceptions.DuplicatedStudyError:  # another machine created it a moment ago
                 found = _await_settings(plain, study)
@@ -614,7 +614,7 @@ def _await_settings(storage: optuna.storages.RDBStorage, name: str, seconds: flo
                     f"{seconds:.0f} s; was it made by `comp sweep`? Choose another --study")
 
 
-def _create(storage: optuna.storages.RDBStorage, name: str, s: Settings, pipeline: Path | None,
+def _create(storage: optuna.storages.RDBStorage, name: str, s: Settings, space: Space, pipeline: Path | None,
             sets: list[str]) -> optuna.Study:
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     for k, v in s.as_attrs().items():
@@ -622,7 +622,7 @@ def _create(storage: optuna.storages.RDBStorage, name: str, s: Settings, pipelin
     # The pipeline as it is runs first when the space holds its values: every sweep has its baseline.
     base = load_config(pipeline, sets).to_dict()
     params = {}
-    for key, dim in parse_space(s.space, "space", pipeline, sets).dims.items():
+    for key, dim in space.dims.items():
         node: Any = base
         for part in key.split("."):
             node = node.get(part, MISSING) if isinstance(node, dict) else MISSING
