@@ -16,6 +16,7 @@ from .data.detectors import DETECTORS
 from .data.tta import TTA_VIEWS
 from .errors import CompError
 from .ledger import DAILY_LIMIT
+from .sweep import DEFAULT_HEARTBEAT, GRACE_BEATS, KNOBS, PRUNERS
 
 console = ui.console
 
@@ -511,6 +512,116 @@ def weights_import(
                 m.add_row(str(row[0]), row[1][1], row[1][0])
         console.print(m)
     console.print(f"wrote {r.out}; train with --set model.weights={r.out} --set model.name={r.architecture}")
+
+# --------------------------------------------------------------------------------------------- sweep
+sweep_app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False, invoke_without_command=True,
+                        pretty_exceptions_show_locals=False, rich_markup_mode="rich",
+                        help="Search any pipeline keys with Optuna (TPE + pruning), shared by several workers "
+                             "through one database. [bold]comp sweep -p PIPELINE --space SPACE.yaml --data ROOT "
+                             "--trials N[/] runs a worker (start the same command on every GPU or machine, with one "
+                             "--storage: the first creates the study, the others join it); "
+                             "[bold]comp sweep show STUDY[/] reports.")
+app.add_typer(sweep_app, name="sweep")
+
+
+def _fmt_param(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@sweep_app.callback()
+def sweep_cmd(
+    ctx: typer.Context,
+    pipeline: Path = typer.Option(None, "--pipeline", "-p", help="YAML recipe every trial starts from."),
+    space: Path = typer.Option(None, "--space", help="YAML: dotted key → {log|float|int|choice: ...} per searched key."),
+    data: Path = typer.Option(None, "--data", help="Dataset root (overrides data.root; may differ per machine)."),
+    trials: int = typer.Option(None, "--trials", help="Finished (complete or pruned) trials the study should hold; "
+                                                      "0 only creates it."),
+    storage: str = typer.Option(None, "--storage", help="Optuna database URL shared by the workers, e.g. "
+                                                        "postgresql://user:pw@host/db (default: SQLite in the sweep folder)."),
+    study: str = typer.Option(None, "--study", help="Study name (default: the pipeline's file name)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Sweep folder: trials/, plots, the default database "
+                                                       "(default runs/sweeps/STUDY)."),
+    timeout: float = typer.Option(None, "--timeout", help="Start no trial after this many seconds."),
+    folds: str = typer.Option(None, "--folds", help="Folds each trial trains: K, a list like 0,2, or all (OOF F1); "
+                                                    "default data.fold."),
+    set_: list[str] = typer.Option(None, "--set", help="Fix a key for every trial: --set train.batch_size=32 (repeatable)."),
+    pruner: str = typer.Option(None, "--pruner", help=f"{PRUNERS.choices} (default {KNOBS['pruner'][1]})."),
+    prune_startup: int = typer.Option(None, "--prune-startup", help="median: finished trials before pruning starts "
+                                                                    f"(default {KNOBS['prune_startup'][1]})."),
+    prune_warmup: int = typer.Option(None, "--prune-warmup", help="No pruning before this epoch "
+                                                                  f"(default {KNOBS['prune_warmup'][1]})."),
+    heartbeat: int = typer.Option(None, "--heartbeat", help="Seconds between a trial's heartbeats; a trial silent for "
+                                                            f"{GRACE_BEATS} is re-queued (default {DEFAULT_HEARTBEAT})."),
+    keep: str = typer.Option(None, "--keep", help="best:K — afterwards, delete the checkpoints of all but the K best trials."),
+):
+    """Run a sweep worker: create the study (or join it) and run trials until it holds --trials finished ones."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .sweep import run
+
+    if trials is None:
+        raise CompError("give --trials N: how many finished trials the study should hold (0: only create it)")
+    r = run(pipeline, space, data, trials, storage, study, out, timeout, folds, list(set_ or []), keep,
+            pruner=pruner, prune_startup=prune_startup, prune_warmup=prune_warmup, heartbeat=heartbeat)
+    if trials == 0:
+        console.print(f"sweep {r.name} is ready in {escape(r.url)}: start the workers (the same command with "
+                      "--trials N, or --study/--storage/--data alone)", highlight=False)
+        return
+    counts = {s: sum(t.state.name.lower() == s for t in r.ran) for s in ("complete", "pruned", "fail")}
+    console.print(f"sweep {r.name}: the study holds {r.finished} of {r.n_trials} finished trials"
+                  f"{' (stopped at --timeout)' if r.stopped == 'timeout' else ''}; this worker ran {len(r.ran)} "
+                  f"({counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed)", highlight=False)
+    if r.best is not None:
+        console.print(f"best: trial {r.best.number}, F1 {r.best.value:.4f} → {r.best.user_attrs.get('run_dir', '')}",
+                      highlight=False)
+        console.print(f"  {escape(r.best.user_attrs.get('command', ''))}", highlight=False, soft_wrap=True)
+    if r.thinned:
+        console.print(f"--keep: deleted the checkpoints of {len(r.thinned)} trial run(s)")
+    console.print(f"table and plots: comp sweep show {r.name}"
+                  + (f" --storage {escape(r.url)}" if storage else "") + (f" --out {r.out}" if out else ""), highlight=False)
+
+
+@sweep_app.command("show")
+def sweep_show(
+    study: str = typer.Argument(..., help="Study name."),
+    storage: str = typer.Option(None, "--storage", help="Its database URL (default: SQLite in the sweep folder)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Sweep folder for the PNGs (default runs/sweeps/STUDY)."),
+    keep: str = typer.Option(None, "--keep", help="best:K — delete the checkpoints of all but the K best trials."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write history.png, importances.png, parallel.png."),
+):
+    """The best trial and its exact `comp train` command, a table of trials, PNG plots (read-only: live workers go on)."""
+    from .sweep import show
+
+    r = show(study, storage, out, keep, plots)
+    s = r.settings
+    console.print(f"sweep {r.name} ({escape(r.url)}): pipeline {s.pipeline}, folds {s.folds or 'data.fold'}, "
+                  f"pruner {s.pruner}" + (f", --set {' '.join(s.sets)}" if s.sets else ""), highlight=False)
+    keys = list(s.space)
+    short = {k: k.rsplit(".", 1)[-1] for k in keys}  # lr, preset, ... unless two keys share a last part
+    short = {k: v if list(short.values()).count(v) == 1 else k for k, v in short.items()}
+    t = Table(title=f"trials of {r.name}")
+    for col in ("#", "state", "F1", "epochs", "min", "parameters", "note"):
+        t.add_column(col, justify="right" if col in ("#", "F1", "epochs", "min") else "left",
+                     no_wrap=col in ("state", "F1"))
+    for row in r.rows:
+        params = " ".join(f"{short[k]}={_fmt_param(row.params[k])}" for k in keys if k in row.params)
+        t.add_row(str(row.number), row.state, "" if row.value is None else f"{row.value:.4f}", str(row.epochs),
+                  f"{row.minutes:.1f}", escape(params), escape(row.note),
+                  style="bold" if r.best is not None and row.number == r.best.number else None)
+    console.print(t)
+    if r.best is None:
+        console.print("no complete trial yet")
+    else:
+        b = r.best
+        console.print(f"best: trial {b.number}, F1 {b.value:.4f} → {b.user_attrs.get('run_dir', '')}", highlight=False)
+        console.print(f"  {escape(b.user_attrs.get('command', ''))}", highlight=False, soft_wrap=True)
+    if r.pngs:
+        console.print(f"plots: {', '.join(str(p) for p in r.pngs)}", highlight=False)
+    for line in r.skipped:
+        console.print(f"[dim]not drawn: {escape(line)}[/]", highlight=False)
+    if keep:
+        console.print(f"--keep {keep}: deleted the checkpoints of {len(r.thinned)} trial run(s)")
+    console.print(f"live view: {escape(r.dashboard)}", highlight=False)
 
 
 # -------------------------------------------------------------------------------- explain & report
