@@ -46,7 +46,7 @@ from .weights import norm_metadata
 
 CHECKPOINTS = ("best", "last")
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "f1", "f1_mask", "f1_gender", "f1_age", "acc",
-                  "seconds", "images_per_s"]
+                  "seconds", "images_per_s", "data_wait"]
 
 
 def bins_of(cfg: Config) -> L.AgeBins:

@@ -79,7 +79,7 @@ def test_binary_pipeline_file(tmp_path):
     ("data.cache=ssd", r"data.cache='ssd'; choose one of disk, memory, none"),
     ("data.crop=retinaface", r"data.crop='retinaface' is not a known face detector"),
     ("model.weights=/no/such.pth", r"model.weights=/no/such.pth: file not found"),
-    ("train.mixed_precision=fp32", r"train.mixed_precision='fp32'; choose one of no, fp16, bf16"),
+    ("train.mixed_precision=fp32", r"train.mixed_precision='fp32'; choose one of auto, no, fp16, bf16"),
 ])
 def test_every_name_is_checked_against_its_registry(override, message):
     with pytest.raises(CompError, match=message):

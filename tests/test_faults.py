@@ -39,7 +39,7 @@ def _scripted_f1(monkeypatch):
 
 
 def _fold_files(fold):
-    m = runs.read_metrics(fold).drop(columns=["seconds", "images_per_s"])
+    m = runs.read_metrics(fold).drop(columns=["seconds", "images_per_s", "data_wait"])
     best = load_file(str(fold / "best.safetensors"))
     return m, best, np.load(fold / "val_probs.npy"), load_file(str(fold / "last.safetensors"))
 

@@ -170,7 +170,11 @@ def test_flip_tta_is_the_mean_over_the_image_and_its_mirror():
     x = torch.randint(0, 256, (5, 3, 32, 24), dtype=torch.uint8)
     loader = [(x, torch.zeros(5), torch.arange(5))]
     norm = Normalizer([0.5] * 3, [0.25] * 3)
+    forwards = []
+    hook = model.register_forward_hook(lambda m, inp, out: forwards.append(len(inp[0])))
     views, idx = predict_views(model, head, loader, norm, tta="flip")
+    hook.remove()
+    assert forwards == [10]  # both views of the batch in one forward pass
     with torch.no_grad():
         plain = head.probs(model(norm(x))).numpy()
         mirror = head.probs(model(norm(torch.flip(x, dims=[3])))).numpy()  # width is the last axis of NCHW
@@ -179,6 +183,15 @@ def test_flip_tta_is_the_mean_over_the_image_and_its_mirror():
     assert not np.allclose(views[1], upside, atol=1e-3)
     mean, _ = predict_probs(model, head, loader, norm, tta="flip")
     assert np.allclose(mean, (plain + mirror) / 2, atol=1e-5)
+
+
+def test_auto_precision_is_bf16_only_where_it_runs_natively(monkeypatch):
+    from comp import inference
+
+    monkeypatch.setattr(inference, "bf16_native", lambda: False)
+    assert inference.precision("auto") == "no" and inference.precision("bf16") == "bf16"
+    monkeypatch.setattr(inference, "bf16_native", lambda: True)
+    assert inference.precision("auto") == "bf16" and inference.precision("no") == "no"
 
 
 def test_epoch_hook_sees_each_epoch_and_can_stop_the_run(tiny_root, tmp_path):

@@ -25,7 +25,7 @@ from ..config import Config
 from ..data import labels as L
 from ..errors import CompError
 from ..inference import predict_probs
-from .factory import Fold, build_fold, check_config, trackers
+from .factory import Fold, build_fold, check_config, trackers, unwrap
 
 
 @dataclass
@@ -37,17 +37,27 @@ class FoldResult:
     seconds: float
 
 
-def train_one_epoch(f: Fold, epoch: int, bar=None) -> float:
-    """One pass over the fold's train images; returns the mean training loss (over all processes)."""
+def sync_every(device: torch.device) -> int:
+    """Steps between NaN checks of the loss: each one is a host-device sync, free on a CPU, a stall on a GPU."""
+    return 1 if device.type == "cpu" else 50
+
+
+def train_one_epoch(f: Fold, epoch: int, bar=None) -> tuple[float, float]:
+    """One pass over the fold's train images. Returns the mean training loss (over all processes) and the
+    share of the epoch spent waiting for the next batch (the loader's cost, when it cannot keep up)."""
     acc, m, state = f.accelerator, f.cfg.mixup, f.state
     f.train_loader.set_epoch(epoch)  # Accelerate passes it on to our sampler (which draws the order from it)
     if f.mixup is not None:
         f.mixup.mixup_enabled = not (m.off_epoch and epoch >= m.off_epoch)
     f.model.train()
-    losses = []
+    every = sync_every(acc.device)
+    losses, unchecked = [], []
     task = bar.add_task(f"fold {f.fold} epoch {epoch + 1}/{f.cfg.train.epochs}", total=len(f.train_loader),
                         info="") if bar else None
-    for x, y, _ in f.train_loader:
+    start = waiting_since = time.perf_counter()
+    waited = 0.0
+    for i, (x, y, _) in enumerate(f.train_loader):
+        waited += time.perf_counter() - waiting_since
         with acc.accumulate(f.model):
             x = f.normalize(x)
             if f.mixup is not None and f.mixup.mixup_enabled:
@@ -56,9 +66,9 @@ def train_one_epoch(f: Fold, epoch: int, bar=None) -> float:
                 target = mixup_target(y, L.N_CLASSES, smoothing=f.cfg.loss.label_smoothing)
             with acc.autocast():
                 loss = f.criterion(f.model(x), target)
-            if not torch.isfinite(loss):
-                raise CompError(f"fold {f.fold}: loss became {loss.item()} at epoch {epoch + 1}, step {state.step + 1}; "
-                                "lower optim.lr, use bf16 instead of fp16, or check the data")
+            unchecked.append((state.step + 1, loss.detach()))
+            if len(unchecked) >= every:
+                _check_finite(f, epoch, unchecked)
             acc.backward(loss)
             if acc.sync_gradients and f.cfg.train.grad_clip > 0:
                 acc.clip_grad_norm_(f.model.parameters(), f.cfg.train.grad_clip)
@@ -68,11 +78,27 @@ def train_one_epoch(f: Fold, epoch: int, bar=None) -> float:
                 state.step += 1
                 f.scheduler.step_update(state.step)
                 if f.ema is not None:
-                    f.ema.update(acc.unwrap_model(f.model), step=state.step)
+                    f.ema.update(unwrap(acc, f.model), step=state.step)
         losses.append(loss.detach())
         if bar:
-            bar.update(task, advance=1, info=f"loss {losses[-1].item():.3f}")
-    return acc.gather(torch.stack(losses).mean()).mean().item()
+            bar.update(task, advance=1, **({"info": f"loss {losses[-1].item():.3f}"} if i % every == 0 else {}))
+        waiting_since = time.perf_counter()
+    _check_finite(f, epoch, unchecked)
+    seconds = time.perf_counter() - start
+    return acc.gather(torch.stack(losses).mean()).mean().item(), waited / max(seconds, 1e-9)
+
+
+def _check_finite(f: Fold, epoch: int, unchecked: list[tuple[int, torch.Tensor]]) -> None:
+    """Raises at the first non-finite loss among the steps not checked yet (one host sync for all of them)."""
+    if not unchecked:
+        return
+    finite = torch.isfinite(torch.stack([loss for _, loss in unchecked]))
+    if not bool(finite.all()):
+        k = int((~finite).nonzero()[0])
+        step, loss = unchecked[k]
+        raise CompError(f"fold {f.fold}: loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
+                        "lower optim.lr, use bf16 instead of fp16, or check the data")
+    unchecked.clear()
 
 
 def validate(f: Fold) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -87,7 +113,7 @@ def validate(f: Fold) -> tuple[dict, np.ndarray, np.ndarray]:
 
 def save_epoch(f: Fold, probs: np.ndarray, rows: np.ndarray, improved: bool) -> None:
     """The finished epoch committed as a whole: state for --resume, last (and best) weights, metrics."""
-    runs.save_checkpoint(f.accelerator, f.out, f.state.epoch, f.accelerator.unwrap_model(f.eval_model),
+    runs.save_checkpoint(f.accelerator, f.out, f.state.epoch, unwrap(f.accelerator, f.eval_model),
                          f.state.history, (probs, rows) if improved else None)
 
 
@@ -110,12 +136,13 @@ def train_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, resume: bool
     for epoch in range(state.epoch, cfg.train.epochs):
         e0 = time.time()
         with bar or contextlib.nullcontext():
-            train_loss = train_one_epoch(f, epoch, bar)
+            train_loss, data_wait = train_one_epoch(f, epoch, bar)
         train_seconds = time.time() - e0
         row, probs, rows = validate(f)
         row = {"epoch": epoch + 1, "lr": f.optimizer.param_groups[0]["lr"], "train_loss": train_loss, **row,
                "seconds": time.time() - e0,
-               "images_per_s": len(f.train_loader) * f.train_loader.total_batch_size / max(train_seconds, 1e-9)}
+               "images_per_s": len(f.train_loader) * f.train_loader.total_batch_size / max(train_seconds, 1e-9),
+               "data_wait": data_wait}
         improved = state.record(row)
         acc.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
         save_epoch(f, probs, rows, improved)

@@ -28,6 +28,7 @@ from ..data.detectors import DETECTORS
 from ..data.loader import SAMPLERS, EpochSampler, ImageDataset, Normalizer, make_loader, sampler_weights
 from ..data.tta import TTA_VIEWS
 from ..errors import CompError
+from ..inference import precision
 from ..models import HEADS, Head, check_model_name, create_model, normalizer
 from ..registry import Registry
 from ..weights import check_weights
@@ -85,7 +86,8 @@ def check_config(cfg: Config, source: str = "config") -> None:
     attempt(choice, "optim.name", cfg.optim.name, timm.optim.list_optimizers())
     attempt(choice, "data.cache", cfg.data.cache, CACHE_MODES)
     attempt(choice, "data.sampler", cfg.data.sampler, SAMPLERS)
-    attempt(choice, "train.mixed_precision", cfg.train.mixed_precision, [p for p in PrecisionType.list() if p != "fp8"])
+    attempt(choice, "train.mixed_precision", cfg.train.mixed_precision,
+            ["auto"] + [p for p in PrecisionType.list() if p != "fp8"])
     if cfg.data.crop:
         attempt(DETECTORS.check, cfg.data.crop.partition(":")[0], "data.crop")
     attempt(check_weights, cfg.model.weights)  # none | hub | a file | an installed package:NAME
@@ -202,9 +204,14 @@ class Fold:
         return self.ema.module if self.ema is not None else self.model
 
 
+def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under Accelerate's and torch.compile's wrappers: what EMA averages and checkpoints hold."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
 def build_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, log_with: list[str]) -> Fold:
     tc = cfg.train
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum,
+    accelerator = Accelerator(mixed_precision=precision(tc.mixed_precision), gradient_accumulation_steps=tc.grad_accum,
                               log_with=log_with or None, project_dir=str(out))
     from accelerate.utils import set_seed
 
@@ -217,13 +224,15 @@ def build_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, log_with: li
     normalize = normalizer(cfg, model, cfg.model.channels_last).to(accelerator.device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if tc.compile:
+        model = torch.compile(model)
     optimizer = timm.optim.create_optimizer_v2(model, opt=cfg.optim.name, lr=cfg.optim.lr,
                                                weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     updates_per_epoch = max(1, math.ceil(len(train_loader) / tc.grad_accum))
     scheduler = create_scheduler(optimizer, cfg.sched, tc.epochs, updates_per_epoch)
     # warm-up: the decay ramps towards ema_decay, so short runs are not dominated by the random init
-    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=tc.ema_decay, use_warmup=True) if tc.ema else None
+    ema = ModelEmaV3(unwrap(accelerator, model), decay=tc.ema_decay, use_warmup=True) if tc.ema else None
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state, *([ema] if ema else []))
     return Fold(cfg, fold, out, accelerator, model, head, optimizer, scheduler,
