@@ -1,30 +1,35 @@
 """How well `comp estimate` predicts a CSV's public leaderboard F1, against the 4th-place team's formula,
-on real predictions: it plays the leaderboard.
+on three pools of real predictions it must not flatter: it plays the leaderboard.
 
     python benchmarks/estimator.py --data ../shared/datasets/utkmask [--work benchmarks/out/estimator]
-                                   [--runs RUN ...] [--no-train]
+        [--runs RUN ...] [--strong RUN ...] [--foreign DIR] [--no-train] [--pools comp,strong,foreign]
 
-Stage 1 (skipped for what exists): trains a handful of quick, different recipes on fold 0 of the data
-(`RECIPES`, plus any --runs), predicts the eval set with each (best / last checkpoint × no TTA / flip TTA)
-and blends them the ways a team does late in the week (soft / geometric means, votes of the best two and
-three, `comp ensemble --fit` of runs with the same held-out images): at least 20 CSVs with probabilities,
-scored against the answer key `eval_truth.csv` (the same scores as ../shared/lb/score.py).
+Pools (each scored against the answer key `eval_truth.csv`, the same scores as ../shared/lb/score.py):
+- comp:    comp's own quick recipes (`RECIPES`, trained on fold 0 unless --no-train) and any --runs, each
+           predicted best / last checkpoint x no / flip TTA, and the blends a team submits late in the week
+           (soft / geo / vote / per-task of the best singles, `comp ensemble --fit`).
+- strong:  fine-tuned pretrained models (--strong: e.g. cpu_pretrained.yaml runs at several sizes, epochs,
+           folds), the same four CSVs per run and their blends: close variants, pairs agreeing 80-95 %.
+- foreign: CSVs made without comp (--foreign: a folder of CSVs, with NAME.probs.npy where the maker had
+           probabilities; benchmarks/foreign_pool.py makes one with a plain torch loop and scikit-learn).
 
-Stage 2: for each CSV as "new", the best other CSV (then the best two, the best three) are the references
-with their true public F1; the estimate is compared with the new CSV's true public F1. Printed in one run,
-for comp with probabilities and run files, with probabilities but no run files, with CSVs only, for the
-team's formula (which uses two scored submissions, like comp's "best 2")
-F1_new ≈ F1_ref · agreement(new, ref) · c with c fitted on one other submission: mean and max absolute
-error, the same over pairs agreeing on ≥ 80 % of images, 90 %-interval coverage, and decision accuracy
-(does it call "beats the best reference" right, over pairs whose true gap exceeds 0.01). The last row is
-the floor no estimator reaches: it knows every eval label and misses only which half is public (the best
-reference's public score holds public-half luck that NEW shares only in part).
+Each CSV of a pool is NEW once, with the other CSVs of its pool as what the team has already scored:
+- 1 ref:   the best other CSV alone (no ledger); `+ self-check`: the others also form the ledger, so the
+           leave-one-out correction and the winner's curse apply;
+- best 3:  the best three others, with the ledger's self-check;
+- ledger:  every other scored CSV known (`comp estimate` in ledger mode: the best 5 as references, the
+           self-check and winner's curse from all of them).
+The team formula F1_new ~ F1_best . agreement(new, best) . c has c from the 2nd best (1 ref) or from every
+other CSV (ledger). Columns: MAE, bias, worst error, MAE over pairs agreeing >= 80 %, 90 %-interval
+coverage, and decision accuracy on "does NEW beat the best?" for NEWs that beat it by >= 0.005 and for those
+that trail it by >= 0.005, separately. The oracle row knows every eval label and misses only which half is
+public: the floor. Leave-one-out estimates are memoised per (CSV, references) within a pool, so the
+winner's-curse pool of a memoised one may hold the current NEW's score too (one score of many).
 """
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +40,10 @@ from comp import metrics
 from comp.config import load_config
 from comp.data.reader import read_truth
 from comp.ensemble import blend_files, fit, held_out
-from comp.estimate import Reference, calibration_for, estimate, train_prior
+from comp.estimate import Reference, estimate_with_ledger, train_prior
 from comp.predict import predict
-from comp.submission import Provenance, read_submission, score
+from comp.selfcal import formula
+from comp.submission import read_submission, score
 
 # Quick recipes that differ in model, size, head and length: the spread of a week of submissions.
 RECIPES = {
@@ -51,9 +57,9 @@ BASE = ["train.trackers=[]", "augment.preset=light", "loss.label_smoothing=0.1",
 
 
 def make_csvs(data: Path, work: Path, extra_runs: list[Path], train: bool, console: Console,
-              public_f1) -> list[Path]:
+              public_f1, recipes: dict = RECIPES) -> list[Path]:
     run_dirs = list(extra_runs)
-    for name, overrides in RECIPES.items():
+    for name, overrides in recipes.items():
         out = work / "runs" / name
         if not (out / "fold0" / "done").exists():
             if not train:
@@ -105,83 +111,70 @@ def make_csvs(data: Path, work: Path, extra_runs: list[Path], train: bool, conso
     return csvs
 
 
-def team_formula(new, ref: Reference, other: Reference) -> float:
-    """best_f1 · agreement(new, best) · c, with c fitted so the formula is right on one other submission."""
-    c = other.f1 / (ref.f1 * float((other.sub.ans == ref.sub.ans).mean()))
-    return ref.f1 * float((new.ans == ref.sub.ans).mean()) * c
-
-
-def strip(sub):
-    """What a user holding old submissions has: the CSV alone."""
-    return replace(sub, probs=None, prov=Provenance())
-
-
 ORACLE = "oracle: all labels known"
+MODES = ["comp, 1 ref", "comp, 1 ref + self-check", "comp, best 3 + self-check", "comp, ledger",
+         "team formula, 1 ref", "team formula, ledger", ORACLE]
 
 
-def play(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int) -> dict[str, list[dict]]:
+def play(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, console: Console) -> dict[str, list[dict]]:
     names = sorted(subs, key=lambda n: -truth_f1[n])
-    rows = {"comp": [], "comp, CSV + probs": [], "comp, CSVs only": [], "team formula": [], ORACLE: []}
-    cal = {n: calibration_for(subs[n]) for n in names}
-    for new in names:
-        others = [n for n in names if n != new]
-        for k in (1, 2, 3):
-            refs = others[:k]
-            truth = truth_f1[new]
-            agree = float((subs[new].ans == subs[refs[0]].ans).mean())
-            gap = truth - truth_f1[refs[0]]
-            base = {"new": new, "k": k, "truth": truth, "agree": agree, "gap": gap}
-            for mode in ("comp", "comp, CSV + probs", "comp, CSVs only"):
-                s = {"comp": lambda x: x, "comp, CSV + probs": lambda x: replace(x, prov=Provenance()),
-                     "comp, CSVs only": strip}[mode]
-                runs = mode == "comp"
-                ref_objs = [Reference(s(subs[r]), truth_f1[r], None, r) for r in refs]
-                e = estimate(s(subs[new]), ref_objs, prior, cal[new] if runs else None, samples,
-                             ref_calibrations=[cal[r] for r in refs] if runs else None)
-                rows[mode].append(base | {"est": e.f1, "lo": e.f1_interval[0], "hi": e.f1_interval[1],
-                                          "beats": e.p_better > 0.5})
-            if k == 1:
-                other = others[1]
-                est = team_formula(subs[new], Reference(subs[refs[0]], truth_f1[refs[0]]),
-                                   Reference(subs[other], truth_f1[other]))
-                rows["team formula"].append(base | {"est": est, "lo": np.nan, "hi": np.nan,
-                                                    "beats": est > truth_f1[refs[0]]})
-                # The floor: every eval label known, only which half is public is not; the best ref's known
-                # public score plus the difference on all images.
-                est = truth_f1[refs[0]] + full_f1[new] - full_f1[refs[0]]
-                rows[ORACLE].append(base | {"est": est, "lo": np.nan, "hi": np.nan, "beats": est > truth_f1[refs[0]]})
+    refs = {n: Reference(subs[n], truth_f1[n], None, n) for n in names}
+    rows = {m: [] for m in MODES}
+    memo, twins = {}, {}
+    for i, new in enumerate(names):
+        others = [refs[n] for n in names if n != new]
+        best = others[0]
+        truth = truth_f1[new]
+        base = {"new": new, "truth": truth, "agree": float((subs[new].ans == best.sub.ans).mean()),
+                "gap": truth - best.f1}
+
+        def add(mode, est, lo=np.nan, hi=np.nan, p_better=None, base=base, best=best):
+            rows[mode].append(base | {"est": est, "lo": lo, "hi": hi,
+                                      "beats": (est > best.f1) if p_better is None else p_better > 0.5})
+
+        for mode, use, ledger in (("comp, 1 ref", others[:1], []), ("comp, 1 ref + self-check", others[:1], others),
+                                  ("comp, best 3 + self-check", others[:3], others), ("comp, ledger", others, others)):
+            e = estimate_with_ledger(subs[new], use, ledger, prior, samples, memo=memo, twins=twins)
+            add(mode, e.f1, *e.f1_interval, e.p_better)
+        add("team formula, 1 ref", formula(subs[new].ans, others[:2]))
+        add("team formula, ledger", formula(subs[new].ans, others))
+        add(ORACLE, best.f1 + full_f1[new] - full_f1[best.name])
+        console.print(f"  {i + 1}/{len(names)} {new}: true {truth:.4f}, comp ledger "
+                      f"{rows['comp, ledger'][-1]['est']:.4f}, formula {rows['team formula, ledger'][-1]['est']:.4f}")
     return rows
 
 
 def summarize(rows: list[dict]) -> dict:
     err = np.array([r["est"] - r["truth"] for r in rows])
     close = np.array([r["agree"] >= 0.8 for r in rows])
-    decided = [r for r in rows if abs(r["gap"]) > 0.01]
+    up = [r for r in rows if r["gap"] >= 0.005]
+    down = [r for r in rows if r["gap"] <= -0.005]
     cover = [r["lo"] <= r["truth"] <= r["hi"] for r in rows if not np.isnan(r["lo"])]
     return {"pairs": len(rows), "mae": np.abs(err).mean(), "max": np.abs(err).max(), "bias": err.mean(),
             "close": int(close.sum()), "mae_close": np.abs(err[close]).mean() if close.any() else np.nan,
-            "max_close": np.abs(err[close]).max() if close.any() else np.nan,
             "coverage": np.mean(cover) if cover else np.nan,
-            "decision": np.mean([r["beats"] == (r["gap"] > 0) for r in decided]) if decided else np.nan,
-            "decided": len(decided)}
+            "up": np.mean([r["beats"] for r in up]) if up else np.nan, "n_up": len(up),
+            "down": np.mean([not r["beats"] for r in down]) if down else np.nan, "n_down": len(down)}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("../shared/datasets/utkmask"))
-    ap.add_argument("--work", type=Path, default=Path("benchmarks/out/estimator"))
-    ap.add_argument("--runs", type=Path, nargs="*", default=[], help="More finished run folders to predict with.")
-    ap.add_argument("--no-train", action="store_true", help="Use only the runs that exist.")
-    ap.add_argument("--samples", type=int, default=1000)
-    args = ap.parse_args()
-    console = Console(width=200)
-    truth = read_truth(args.data / "eval_truth.csv")
+COLUMNS = ("method", "pairs", "MAE", "bias", "worst", "MAE agree≥80%", "90% coverage", "says beats (NEW ≥ best+.005)",
+           "says not (NEW ≤ best−.005)")
 
-    def public_f1(path):
-        sub = read_submission(path)
-        return score(sub.ids, sub.ans, truth)["public"]["f1"]
 
-    csvs = make_csvs(args.data, args.work, args.runs, not args.no_train, console, public_f1)
+def table(title: str, summaries: dict[str, dict]) -> Table:
+    t = Table(title=title)
+    for col in COLUMNS:
+        t.add_column(col, justify="left" if col == "method" else "right")
+    pct = lambda v, n: "—" if np.isnan(v) else f"{v:.0%} (n={n})"  # noqa: E731
+    for mode, s in summaries.items():
+        t.add_row(mode, str(s["pairs"]), f"{s['mae']:.4f}", f"{s['bias']:+.4f}", f"{s['max']:.4f}",
+                  "—" if np.isnan(s["mae_close"]) else f"{s['mae_close']:.4f} (n={s['close']})",
+                  "" if np.isnan(s["coverage"]) else f"{s['coverage']:.0%}", pct(s["up"], s["n_up"]),
+                  pct(s["down"], s["n_down"]))
+    return t
+
+
+def load_pool(csvs: list[Path], truth) -> tuple[dict, dict, dict]:
     subs, seen = {}, set()
     for p in csvs:  # identical answers (best == last checkpoint, say) are one submission, not two
         sub = read_submission(p)
@@ -191,29 +184,58 @@ def main():
     truth_f1 = {n: score(s.ids, s.ans, truth)["public"]["f1"] for n, s in subs.items()}
     key = truth.set_index("ImageID")["ans"]
     full_f1 = {n: metrics.macro_f1(key.loc[list(s.ids)].to_numpy(), s.ans) for n, s in subs.items()}
-    f1s = np.array(list(truth_f1.values()))
-    console.print(f"{len(subs)} CSVs, public F1 {f1s.min():.3f}–{f1s.max():.3f}")
-    t = time.time()
-    results = play(subs, truth_f1, full_f1, train_prior(args.data), args.samples)
-    import pandas as pd  # every estimate, for a closer look
+    return subs, truth_f1, full_f1
 
-    pd.DataFrame([r | {"method": m} for m, rows in results.items() for r in rows]).to_csv(
-        args.work / "estimates.csv", index=False)
-    table = Table(title=f"estimating public macro F1 of {len(subs)} real CSVs ({time.time() - t:.0f}s)")
-    for col in ("method", "refs", "pairs", "MAE", "max err", "bias", "MAE agree≥80%", "max agree≥80%",
-                "90% coverage", "decision acc"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for mode, rows in results.items():
-        for k in (1, 2, 3):
-            sel = [r for r in rows if r["k"] == k]
-            if not sel:
-                continue
-            s = summarize(sel)
-            table.add_row(mode, "best" if k == 1 else f"best {k}", str(s["pairs"]), f"{s['mae']:.4f}", f"{s['max']:.4f}",
-                          f"{s['bias']:+.4f}", f"{s['mae_close']:.4f} (n={s['close']})", f"{s['max_close']:.4f}",
-                          "" if np.isnan(s["coverage"]) else f"{s['coverage']:.0%}",
-                          f"{s['decision']:.0%} (n={s['decided']})")
-    console.print(table)
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/datasets/utkmask"))
+    ap.add_argument("--work", type=Path, default=Path("benchmarks/out/estimator"))
+    ap.add_argument("--runs", type=Path, nargs="*", default=[], help="More finished comp runs for the comp pool.")
+    ap.add_argument("--strong", type=Path, nargs="*", default=[], help="Fine-tuned pretrained runs: the strong pool.")
+    ap.add_argument("--foreign", type=Path, help="A folder of CSVs made without comp: the foreign pool.")
+    ap.add_argument("--no-train", action="store_true", help="Use only the runs that exist.")
+    ap.add_argument("--pools", default="comp,strong,foreign")
+    ap.add_argument("--samples", type=int, default=1000)
+    args = ap.parse_args()
+    console = Console(width=220)
+    truth = read_truth(args.data / "eval_truth.csv")
+
+    def public_f1(path):
+        sub = read_submission(path)
+        return score(sub.ids, sub.ans, truth)["public"]["f1"]
+
+    pools = {}
+    wanted = args.pools.split(",")
+    if "comp" in wanted:
+        pools["comp"] = make_csvs(args.data, args.work / "comp", args.runs, not args.no_train, console, public_f1)
+    if "strong" in wanted and args.strong:
+        pools["strong"] = make_csvs(args.data, args.work / "strong", args.strong, False, console, public_f1, recipes={})
+    if "foreign" in wanted and args.foreign:
+        pools["foreign"] = sorted(args.foreign.glob("*.csv"))
+    prior = train_prior(args.data)
+    per_pool = {}
+    for name, csvs in pools.items():
+        subs, truth_f1, full_f1 = load_pool(csvs, truth)
+        f1s = np.array(list(truth_f1.values()))
+        console.print(f"[bold]{name} pool[/]: {len(subs)} distinct CSVs, public F1 {f1s.min():.3f}–{f1s.max():.3f}")
+        t = time.time()
+        rows = play(subs, truth_f1, full_f1, prior, args.samples, console)
+        import pandas as pd  # every estimate, for a closer look
+
+        args.work.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame([r | {"method": m} for m, rs in rows.items() for r in rs]).to_csv(
+            args.work / f"estimates-{name}.csv", index=False)
+        per_pool[name] = {m: summarize(rs) for m, rs in rows.items()}
+        console.print(table(f"{name} pool: {len(subs)} CSVs, public F1 {f1s.min():.3f}–{f1s.max():.3f} "
+                            f"({time.time() - t:.0f}s)", per_pool[name]))
+    if len(per_pool) > 1:
+        mean = {m: {k: float(np.nanmean([per_pool[p][m][k] for p in per_pool])) for k in per_pool[next(iter(per_pool))][m]}
+                for m in MODES}
+        for m in mean.values():
+            for k in ("pairs", "close", "n_up", "n_down"):
+                m[k] = int(round(m[k] * len(per_pool)))  # totals over the pools
+        console.print(table(f"mean over the {len(per_pool)} pools ({', '.join(per_pool)}); n = totals", mean))
 
 
 if __name__ == "__main__":

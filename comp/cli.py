@@ -411,14 +411,31 @@ def estimate_cmd(
     data: Path = typer.Option(None, "--data", help="Dataset root for the train class shares (default: from the JSON)."),
     truth: Path = typer.Option(None, "--truth", help="Answer key, to print the true score beside the estimate."),
     samples: int = typer.Option(2000, "--samples", help="Label draws (more: smoother interval)."),
+    self_check: bool = typer.Option(True, "--self-check/--no-self-check",
+                                    help="With >= 3 scored submissions in the ledger: estimate each from the others, "
+                                         "and correct and widen this estimate by how that went."),
     json_: bool = typer.Option(False, "--json", help="Print only the JSON result."),
 ):
     """Estimate a CSV's public leaderboard F1 and accuracy from scored references, before submitting it."""
     import json
 
     from .estimate import estimate_file
+    from .ui import make_progress, progress_enabled
 
-    e = estimate_file(new, ref, ref_f1, ref_acc, folder if not ref else None, data, samples)
+    bar = make_progress() if progress_enabled() and not json_ else None
+    task = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal task
+        if bar is not None:
+            if task is None:
+                bar.start()
+                task = bar.add_task("self-check: each scored submission from the others", total=total, info="")
+            bar.update(task, completed=done)
+            if done == total:
+                bar.stop()
+
+    e = estimate_file(new, ref, ref_f1, ref_acc, folder, data, samples, self_check=self_check, progress=progress)
     if json_:
         print(json.dumps(e.as_json()))
         return
@@ -455,6 +472,9 @@ def estimate_cmd(
     for w in e.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     console.print(f"P(beats the best reference {e.best_ref}, {e.best_ref_f1:.4f}) = [bold]{e.p_better:.0%}[/]")
+    if e.self_check:
+        console.print(f"[bold]self-check[/] {escape(e.self_check)} (estimate before the ledger's correction "
+                      f"{e.raw_f1:.4f})", highlight=False)
 
 
 # ------------------------------------------------------------------------------------------- weights

@@ -21,7 +21,18 @@ from .blend import METHODS, combine, weights_of
 from .data.reader import load_truth, read_truth
 from .errors import CompError
 from .fileio import refuse_overwrite
-from .submission import Provenance, Submission, check_same_ids, read_submission, score, write_submission
+from .submission import (
+    TWINS,
+    Provenance,
+    Submission,
+    Twin,
+    check_same_ids,
+    common_images,
+    read_submission,
+    score,
+    twin_of_file,
+    write_submission,
+)
 
 
 @dataclass
@@ -249,3 +260,44 @@ def fit(run_dirs: list[Path | str], out: Path | str, data: Path | str | None = N
             result.scores[name] = score(s.ids, s.ans, t)
         result.scores[out.name] = score(subs[0].ids, blended.argmax(1), t)
     return result
+
+
+@TWINS.register("blend")
+def blend_twin(prov: Provenance, with_probs: bool, depth: int = 0) -> Twin | None:
+    """A blend's labelled twin: its inputs' twins on the images all of them held out, blended by the same
+    `combine` with the same method and weights (inputs that are blends recurse)."""
+    parts = [twin_of_file(p, depth + 1) for p in prov.inputs]
+    if any(t is None for t in parts):
+        return None
+    common = common_images([t.images for t in parts])
+    if not len(common):
+        return None
+    parts = [t.subset(common) for t in parts]
+    needs_probs = METHODS[prov.method].needs_probs
+    if needs_probs and any(t.probs is None for t in parts):
+        return None
+    probs = np.stack([t.probs for t in parts]) if needs_probs else None
+    ans, probs = combine(prov.method, np.stack([t.ans for t in parts]), probs, prov.weights or None)
+    return Twin(probs if with_probs else None, ans, parts[0].y, common,
+                f"{prov.method} blend of {len(parts)} held-out twins")
+
+
+@TWINS.register("fit")
+def fit_twin(prov: Provenance, with_probs: bool, depth: int = 0) -> Twin | None:
+    """The labelled twin of `comp ensemble --fit`: its weights (and class bias) fitted on the other
+    cross-fitting groups and applied to each, as in its honest OOF table; the final weights were fitted on
+    these very images, so their own held-out score would flatter the blend."""
+    if prov.ckpt != "best":
+        return None
+    run_dirs = [Path(r) for r in prov.runs]
+    try:
+        oof, probs = held_out_probs(run_dirs)
+    except CompError:
+        return None
+    y = oof["label"].to_numpy()
+    use_bias = bool(np.any(prov.bias))
+    held, held_b = cross_fitted(probs, y, cross_fit_groups(oof), greedy=prov.weighting != "mean",
+                                with_bias=use_bias)
+    blended = held_b if use_bias else held
+    return Twin(blended if with_probs else None, blended.argmax(1), y, oof["image"].to_numpy(dtype=object),
+                f"{len(y)} held-out images of the fitted blend of {', '.join(r.name for r in run_dirs)}")

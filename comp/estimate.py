@@ -54,15 +54,7 @@ import numpy as np
 
 from .data import labels as L
 from .errors import CompError
-from .submission import (
-    Provenance,
-    Submission,
-    check_same_ids,
-    positions,
-    probs_path,
-    read_provenance,
-    read_submission,
-)
+from .submission import Submission, Twin, check_same_ids, common_images, read_submission, twin_of
 
 N = L.N_CLASSES
 _EYE = np.eye(N)
@@ -245,13 +237,16 @@ class Estimate:
     class_changes: list[dict] = field(default_factory=list)  # vs the best reference, most changed first
     evidence: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    raw_f1: float | None = None  # before the ledger's self-calibration (None: none applied)
+    self_check: str | None = None  # the ledger's leave-one-out line: how far to trust this estimate
 
     def as_json(self) -> dict:
         r = lambda x: round(float(x), 4)  # noqa: E731
         return {"f1": r(self.f1), "f1_interval": [r(v) for v in self.f1_interval],
                 "accuracy": None if self.accuracy is None else r(self.accuracy),
                 "accuracy_interval": None if self.accuracy_interval is None else [r(v) for v in self.accuracy_interval],
-                "p_better": r(self.p_better)}
+                "p_better": r(self.p_better), "raw_f1": None if self.raw_f1 is None else r(self.raw_f1),
+                "self_check": self.self_check}
 
 
 def _agreement(new: Submission, ref: Reference) -> Agreement:
@@ -269,45 +264,77 @@ def _class_changes(new: Submission, ref: Submission) -> list[dict]:
             for c in order if involved[c] > 0]
 
 
-@dataclass
-class Calibration:
-    """A CSV's labelled twin: its model(s)' held-out probabilities (or answers) on train images, with labels."""
-    probs: np.ndarray | None
-    ans: np.ndarray
-    y: np.ndarray
-    images: np.ndarray  # train image keys, the rows' order
-    note: str
+Calibration = Twin  # the estimator's name for a labelled twin
 
-    def subset(self, images: np.ndarray) -> Calibration:
-        pos = positions(self.images, images)
-        return Calibration(None if self.probs is None else self.probs[pos], self.ans[pos], self.y[pos], images,
-                           self.note)
+
+@dataclass
+class Draws:
+    f1: np.ndarray  # NEW's public F1 per draw
+    acc: np.ndarray | None  # NEW's public accuracy per draw (None: no reference accuracy known)
+    weights: np.ndarray  # the references' weights in the combination
+    luck_new: np.ndarray  # NEW's public F1 minus its F1 on all images, per draw
+    luck_refs: np.ndarray  # (draws, refs): the same for each reference
 
 
 def _draws(q: np.ndarray, new: Submission, refs: list[Reference], same: list[int], samples: int,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+           rng: np.random.Generator) -> Draws:
     """Draws of NEW's public F1 and accuracy: labels from q and a random public half per draw, NEW's score
     as the known score of the references plus its difference to them, combined with minimum variance."""
     n = len(new)
     y = sample_labels(q, samples, rng)
     public = rng.random((samples, n)) < 0.5
+    everywhere = np.ones_like(public)
     f1_new = f1_batch(y, new.ans, public)
-    d = np.stack([f1_new - f1_batch(y, r.sub.ans, public) for r in refs], 1)
+    f1_refs = np.stack([f1_batch(y, r.sub.ans, public) for r in refs], 1)
+    d = f1_new[:, None] - f1_refs
     a = np.eye(len(refs))[same[0]] if same else combine(d)
     f1_draws = np.array([r.f1 for r in refs]) @ a + d @ a
+    luck_new = f1_new - f1_batch(y, new.ans, everywhere)
+    luck_refs = f1_refs - np.stack([f1_batch(y, r.sub.ans, everywhere) for r in refs], 1)
     acc_new = acc_batch(y, new.ans, public)
     known_acc = [j for j, r in enumerate(refs) if r.acc is not None]
     if not known_acc:
-        return f1_draws, None
+        return Draws(f1_draws, None, a, luck_new, luck_refs)
     da = np.stack([acc_new - acc_batch(y, refs[j].sub.ans, public) for j in known_acc], 1)
     sub_same = [k for k, j in enumerate(known_acc) if j in same]
     b = np.eye(len(known_acc))[sub_same[0]] if sub_same else combine(da)
-    return f1_draws, np.array([refs[j].acc for j in known_acc]) @ b + da @ b
+    return Draws(f1_draws, np.array([refs[j].acc for j in known_acc]) @ b + da @ b, a, luck_new, luck_refs)
+
+
+def winners_curse(draws: Draws, refs: list[Reference], chosen_from: list[float]) -> tuple[float, str | None]:
+    """How much lower NEW's public F1 is expected than the draws say because the references were picked for
+    their public scores. A reference chosen as the best of m scored submissions holds, on average, some
+    public-half luck L (empirical Bayes: L = σ²/(σ²+τ²)·(its score − the mean score), σ² the public-half
+    noise of a score, τ² the spread of the submissions' true scores). NEW shares a part β of that luck (the
+    regression of its luck on the reference's across draws: a near copy shares nearly all, a different
+    CSV little), so its expected public F1 is lower by (1 − β)·L per unit of the reference's weight."""
+    scores = np.asarray(chosen_from, float)
+    if len(scores) < 3:
+        return 0.0, None
+    total, parts = 0.0, []
+    mean, spread = scores.mean(), scores.var(ddof=1)
+    for j, r in enumerate(refs):
+        luck = draws.luck_refs[:, j]
+        sigma2 = float(luck.var())
+        if sigma2 <= 0 or r.f1 <= mean:
+            continue
+        tau2 = max(spread - sigma2, sigma2 / 4)  # never shrink a clear lead all the way to the mean
+        expected_luck = sigma2 / (sigma2 + tau2) * (r.f1 - mean)
+        beta = float(np.cov(draws.luck_new, luck)[0, 1] / sigma2)
+        total += draws.weights[j] * (1 - min(max(beta, 0.0), 1.0)) * expected_luck
+        parts.append(f"{r.name} ({expected_luck:+.4f} luck, NEW shares {min(max(beta, 0), 1):.0%})")
+    if not parts:
+        return 0.0, None
+    return total, (f"winner's curse: references picked as the best of {len(scores)} scored submissions carry public-"
+                   f"half luck: {'; '.join(parts)}; NEW's estimate lowered by {total:.4f}")
 
 
 def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = None,
              calibration: Calibration | None = None, samples: int = 2000, seed: int = 0,
-             ref_calibrations: list[Calibration | None] | None = None) -> Estimate:
+             ref_calibrations: list[Calibration | None] | None = None,
+             chosen_from: list[float] | None = None) -> Estimate:
+    """NEW's public F1 and accuracy from the references' known scores. `chosen_from`: the public F1 of every
+    scored submission the references were picked from (the ledger), for the winner's-curse correction."""
     if not refs:
         raise CompError("no reference: give --ref REF.csv --ref-f1 F, or add scored submissions with "
                         "`comp submissions add`")
@@ -358,13 +385,19 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
     same = [j for j, r in enumerate(refs) if np.array_equal(r.sub.ans, new.ans)]
     per = -(-samples // len(settings))
     f1_parts, acc_parts, warnings = [], [], []
+    curse, curse_why = 0.0, None
     for r, theta in settings:
         sources = [make_source(x.sub.probs if k else None, x.sub.ans, prior) for x, k in zip(refs, kinds[1:], strict=True)]
         new_src = make_source(new.probs if kinds[0] else None, new.ans, prior)
         warnings = anchor(prior, refs, sources, new_src, r, new_theta=theta)
-        f1_d, acc_d = _draws(posterior(prior, sources + [new_src], n), new, refs, same, per, rng)
-        f1_parts.append(f1_d)
-        acc_parts.append(acc_d)
+        draws = _draws(posterior(prior, sources + [new_src], n), new, refs, same, per, rng)
+        shift, why = winners_curse(draws, refs, chosen_from or []) if not same else (0.0, None)
+        curse += shift / len(settings)
+        curse_why = why or curse_why
+        f1_parts.append(draws.f1 - shift)
+        acc_parts.append(draws.acc)
+    if curse_why:
+        evidence.append(curse_why.rsplit(";", 1)[0] + f"; NEW's estimate lowered by {curse:.4f}")
     f1_draws = np.concatenate(f1_parts)
     acc_draws = None if acc_parts[0] is None else np.concatenate(acc_parts)
     best = int(np.argmax([r.f1 for r in refs]))
@@ -392,84 +425,11 @@ def train_prior(data_root: Path | str | None) -> np.ndarray | None:
 
 
 def calibration_for(sub: Submission) -> Calibration | None:
-    """The labelled twin of a CSV: what its model(s) predicted on held-out train images (validation /
-    out-of-fold, same distribution as eval), combined the way the CSV was. Known for `comp predict` with the
-    best checkpoints, `comp ensemble --fit`, and `comp ensemble` blends of those; None otherwise (the last
-    checkpoint has no held-out predictions of its own)."""
-    return _twin(sub.prov, sub.probs is not None)
+    """The labelled twin of a CSV, built by the code that made it (see comp.submission.TWINS): `comp
+    predict` with the best checkpoints, `comp ensemble --fit`, and `comp ensemble` blends of those."""
+    from . import ensemble, predict  # noqa: F401  (importing them registers their twins)
 
-
-def _input_twin(csv: Path, depth: int) -> Calibration | None:
-    try:
-        return _twin(read_provenance(csv), probs_path(csv).is_file(), depth) if csv.is_file() else None
-    except CompError:  # an input's provenance is unreadable: no twin, the estimate goes on without
-        return None
-
-
-def _twin(prov: Provenance, with_probs: bool, depth: int = 0) -> Calibration | None:
-    """calibration_for on what a CSV's provenance says made it; blends recurse into their inputs'."""
-    from . import runs as R
-    from .blend import METHODS, combine
-    from .ensemble import apply_bias
-
-    if prov.kind == "blend" and depth < 4:
-        parts = [_input_twin(Path(p), depth + 1) for p in prov.inputs]
-        if any(c is None for c in parts):
-            return None
-        common = _common_images([c.images for c in parts])
-        if not len(common):
-            return None
-        parts = [c.subset(common) for c in parts]
-        needs_probs = METHODS[prov.method].needs_probs
-        if needs_probs and any(c.probs is None for c in parts):
-            return None
-        probs = np.stack([c.probs for c in parts]) if needs_probs else None
-        ans, probs = combine(prov.method, np.stack([c.ans for c in parts]), probs, prov.weights or None)
-        return Calibration(probs if with_probs else None, ans, parts[0].y, common,
-                           f"{prov.method} blend of {len(parts)} held-out twins")
-    run_dirs = prov.runs
-    if prov.kind not in ("predict", "fit") or not run_dirs or prov.ckpt != "best":
-        return None
-    if prov.kind == "fit":
-        return _fit_twin(prov, with_probs, [Path(r) for r in run_dirs])
-    try:
-        vals = [R.read_validation(r) for r in run_dirs]
-    except CompError:
-        return None
-    common = _common_images([v["image"].to_numpy() for v in vals])  # images every run held out
-    if not len(common):
-        return None
-    oofs = [v.set_index("image").loc[common] for v in vals]
-    w = np.asarray(prov.weights or np.ones(len(oofs)), float)
-    probs = np.tensordot(w / w.sum(), np.stack([R.oof_probs(o) for o in oofs]).astype(float), 1)
-    if prov.bias:
-        probs = apply_bias(probs, np.asarray(prov.bias, float))
-    return Calibration(probs if with_probs else None, probs.argmax(1), oofs[0]["label"].to_numpy(),
-                       common, f"{len(common)} held-out images of {', '.join(Path(r).name for r in run_dirs)}")
-
-
-def _fit_twin(prov: Provenance, with_probs: bool, run_dirs: list[Path]) -> Calibration | None:
-    """The labelled twin of `comp ensemble --fit`: its weights (and class bias) fitted on the other
-    cross-fitting groups and applied to each, as in its honest OOF table; the final weights were fitted on
-    these very images, so their own held-out score would flatter the blend."""
-    from .ensemble import cross_fit_groups, cross_fitted, held_out_probs
-
-    try:
-        oof, probs = held_out_probs(run_dirs)
-    except CompError:
-        return None
-    y = oof["label"].to_numpy()
-    use_bias = bool(np.any(prov.bias))
-    held, held_b = cross_fitted(probs, y, cross_fit_groups(oof), greedy=prov.weighting != "mean",
-                                with_bias=use_bias)
-    blended = held_b if use_bias else held
-    return Calibration(blended if with_probs else None, blended.argmax(1), y, oof["image"].to_numpy(dtype=object),
-                       f"{len(y)} held-out images of the fitted blend of {', '.join(r.name for r in run_dirs)}")
-
-
-def _common_images(image_lists: list[np.ndarray]) -> np.ndarray:
-    common = set(image_lists[0]).intersection(*image_lists[1:])
-    return np.array(sorted(common), dtype=object)
+    return twin_of(sub.prov, sub.probs is not None)
 
 
 def measured_weight(new: Calibration, refs: list[Calibration], prior: np.ndarray, use_probs: list[bool],
@@ -478,7 +438,7 @@ def measured_weight(new: Calibration, refs: list[Calibration], prior: np.ndarray
     NEW's and every reference's models held out: how much NEW's disagreements with the references are right,
     measured. `use_probs`: per twin (NEW first), probabilities or answers. One θ per bootstrap resample of the
     images (the fit's uncertainty). None when the held-out images do not overlap enough."""
-    common = _common_images([new.images] + [c.images for c in refs])
+    common = common_images([new.images] + [c.images for c in refs])
     if len(common) < min_images:
         return None
     cals = [c.subset(common) for c in [new] + refs]
@@ -497,8 +457,6 @@ def measured_weight(new: Calibration, refs: list[Calibration], prior: np.ndarray
 def load_references(ref_paths: list[Path], ref_f1: list[float], ref_acc: list[float] | None,
                     ledger_dir: Path | None) -> list[Reference]:
     """--ref/--ref-f1/--ref-acc triples, or every scored submission of the ledger."""
-    from .ledger import read_ledger
-
     if ref_paths:
         if len(ref_f1) != len(ref_paths):
             raise CompError(f"{len(ref_paths)} --ref but {len(ref_f1)} --ref-f1: give one score per reference")
@@ -507,21 +465,76 @@ def load_references(ref_paths: list[Path], ref_f1: list[float], ref_acc: list[fl
         accs = ref_acc or [None] * len(ref_paths)
         return [Reference(read_submission(p), f, a, Path(p).name) for p, f, a in zip(ref_paths, ref_f1, accs, strict=True)]
     folder = ledger_dir or Path("submissions")
-    entries = read_ledger(folder)
-    if not entries:
+    refs = ledger_references(folder)
+    if not refs:
         raise CompError(f"{folder}/ledger.csv has no scored submission; give --ref REF.csv --ref-f1 F")
-    return [Reference(read_submission(e.path(folder)), e.public_f1, e.public_acc, e.name) for e in entries]
+    return refs
+
+
+def ledger_references(folder: Path) -> list[Reference]:
+    """Every scored submission of the ledger in `folder` (none when there is no ledger)."""
+    from .ledger import read_ledger
+
+    return [Reference(read_submission(e.path(folder)), e.public_f1, e.public_acc, e.name) for e in read_ledger(folder)]
+
+
+MAX_REFS = 5  # the best this many references: more hardly narrow the estimate, and each costs an anchoring
+LOO_SAMPLES = 400  # label draws per leave-one-out estimate (its centre is what counts)
 
 
 def estimate_file(new_path: Path | str, ref_paths: list[Path] | None = None, ref_f1: list[float] | None = None,
                   ref_acc: list[float] | None = None, ledger_dir: Path | None = None, data: Path | None = None,
-                  samples: int = 2000, seed: int = 0) -> Estimate:
+                  samples: int = 2000, seed: int = 0, self_check: bool = True, progress=None) -> Estimate:
+    """`comp estimate`: NEW against --ref triples or the ledger's best MAX_REFS submissions, then, when the
+    ledger (`ledger_dir`, default submissions/) holds >= 3 scored submissions, corrected and widened by how
+    the same estimate did on each of them from the others (comp.selfcal)."""
     new = read_submission(new_path)
     refs = load_references(list(ref_paths or []), list(ref_f1 or []), ref_acc, ledger_dir)
-    root = data or new.prov.data or next((r.sub.prov.data for r in refs if r.sub.prov.data), None)
-    prior = train_prior(root)
-    est = estimate(new, refs, prior, calibration_for(new), samples, seed,
-                   ref_calibrations=[calibration_for(r.sub) for r in refs])
-    if prior is not None:
-        est.evidence.insert(0, f"class prior: train shares of {root}")
+    ledger = ledger_references(ledger_dir or Path("submissions"))
+    root = data or new.prov.data or next((r.sub.prov.data for r in refs + ledger if r.sub.prov.data), None)
+    return estimate_with_ledger(new, refs, ledger, train_prior(root), samples, seed, self_check, progress,
+                                prior_note=f"class prior: train shares of {root}")
+
+
+def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Reference], prior: np.ndarray | None,
+                         samples: int = 2000, seed: int = 0, self_check: bool = True, progress=None,
+                         memo: dict | None = None, twins: dict | None = None, prior_note: str = "") -> Estimate:
+    """The estimate from the best MAX_REFS of `refs`, with the winner's curse of having picked them from
+    `ledger`, and the ledger's leave-one-out self-check (>= 3 scored submissions). `memo` keeps leave-one-out
+    estimates by (submission, references) across calls (the benchmark's many NEWs on one ledger)."""
+    from .selfcal import agreement, formula, leave_one_out
+
+    refs = sorted(refs, key=lambda r: -r.f1)[:MAX_REFS]
+    twins = {} if twins is None else twins
+
+    def twin(sub: Submission) -> Calibration | None:
+        if id(sub) not in twins:
+            twins[id(sub)] = calibration_for(sub)
+        return twins[id(sub)]
+
+    def run(new_sub: Submission, use: list[Reference], pool: list[Reference], draws: int) -> Estimate:
+        return estimate(new_sub, use, prior, twin(new_sub), draws, seed,
+                        ref_calibrations=[twin(r.sub) for r in use], chosen_from=[r.f1 for r in pool])
+
+    def loo_run(n: Reference, use: list[Reference]) -> Estimate:
+        key = (id(n.sub), tuple(id(r.sub) for r in use))
+        if memo is None or key not in memo:
+            e = run(n.sub, use, [r for r in ledger if r is not n], LOO_SAMPLES)
+            if memo is None:
+                return e
+            memo[key] = e
+        return memo[key]
+
+    est = run(new, refs, ledger if len(ledger) >= 3 else [], samples)
+    if prior is not None and prior_note:
+        est.evidence.insert(0, prior_note)
+    exact = any(np.array_equal(r.sub.ans, new.ans) for r in refs)
+    if self_check and len(ledger) >= 3 and not exact:
+        cal = leave_one_out(ledger, len(refs), loo_run, progress)
+        raw = est.f1
+        est = cal.apply(est, 1 - agreement(new.ans, refs[0].sub.ans), formula(new.ans, ledger))
+        est.raw_f1, est.self_check = raw, cal.line()
+    elif self_check and not exact:
+        est.evidence.append(f"no self-check: the ledger holds {len(ledger)} scored submissions (3 needed to "
+                            "measure how the estimate does on them)")
     return est

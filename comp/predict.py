@@ -21,7 +21,7 @@ from .errors import CompError
 from .fileio import refuse_overwrite
 from .inference import precision, predict_views
 from .models import normalizer
-from .submission import Provenance, score, write_submission
+from .submission import TWINS, Provenance, Twin, common_images, score, write_submission
 
 
 @dataclass
@@ -75,8 +75,8 @@ def predict(run_dirs: list[Path | str], out: Path | str, data: Path | str | None
     ev = evals[0]
     accelerator = _accelerator(cfgs)
     t0 = time.time()
-    probs = np.mean([run_views(r, c, e["path"].tolist(), tta, ckpt, accelerator).mean(0)
-                     for r, c, e in zip(run_dirs, cfgs, evals, strict=True)], axis=0)
+    probs = combine_runs([run_views(r, c, e["path"].tolist(), tta, ckpt, accelerator).mean(0)
+                          for r, c, e in zip(run_dirs, cfgs, evals, strict=True)])
     seconds = time.time() - t0
     n_models = sum(len(runs.trained_folds(r)) for r in run_dirs)
     prov = Provenance(
@@ -94,6 +94,31 @@ def predict(run_dirs: list[Path | str], out: Path | str, data: Path | str | None
     if truth is not None:
         scores = score(ev["ImageID"], ans, truth)
     return PredictResult(out, len(ev), seconds, len(ev) / max(seconds, 1e-9), prov, scores)
+
+
+def combine_runs(per_run: list[np.ndarray]) -> np.ndarray:
+    """Several runs' probabilities as one prediction: their mean (each run already averages its folds and
+    TTA views). Eval predictions and their labelled twin both go through it."""
+    return np.mean(np.stack(per_run), axis=0)
+
+
+@TWINS.register("predict")
+def predict_twin(prov: Provenance, with_probs: bool, depth: int = 0) -> Twin | None:
+    """What the runs of a `comp predict` CSV predicted on the images they held out (best checkpoints; the
+    validation files hold no TTA, so a CSV with TTA is taken as reliable as its models without it)."""
+    if not prov.runs or prov.ckpt != "best":
+        return None  # the last checkpoint has no held-out predictions of its own
+    try:
+        vals = [runs.read_validation(Path(r)) for r in prov.runs]
+    except CompError:
+        return None
+    common = common_images([v["image"].to_numpy() for v in vals])  # images every run held out
+    if not len(common):
+        return None
+    held = [v.set_index("image").loc[common] for v in vals]
+    probs = combine_runs([runs.oof_probs(h).astype(float) for h in held])
+    return Twin(probs if with_probs else None, probs.argmax(1), held[0]["label"].to_numpy(), common,
+                f"{len(common)} held-out images of {', '.join(Path(r).name for r in prov.runs)}")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from . import metrics
 from .data import labels as L
 from .errors import CompError
 from .fileio import atomic_write, refuse_overwrite, write_bytes
+from .registry import Registry
 
 PROVENANCE_VERSION = 2
 KINDS = ("predict", "blend", "fit", "external")  # external: a CSV comp did not make (no JSON, or another tool's)
@@ -339,3 +340,47 @@ def score(ids, ans, truth: pd.DataFrame) -> dict[str, dict[str, float]]:
                         f"(e.g. {sorted(missing)[0]}); is it the same eval set?")
     t = t.loc[list(ids)]
     return metrics.leaderboard(np.asarray(ans), t["ans"].to_numpy(), t["Usage"].to_numpy())
+
+
+# ------------------------------------------------------------------------------------- labelled twins
+@dataclass
+class Twin:
+    """A CSV's labelled twin: what its model(s) predicted on held-out train images (validation / out-of-fold,
+    same distribution as eval), combined the way the CSV was, with the true labels. The estimator measures
+    how good a CSV is on it."""
+    probs: np.ndarray | None
+    ans: np.ndarray
+    y: np.ndarray
+    images: np.ndarray  # train image keys, the rows' order
+    note: str
+
+    def subset(self, images: np.ndarray) -> Twin:
+        pos = positions(self.images, images)
+        return Twin(None if self.probs is None else self.probs[pos], self.ans[pos], self.y[pos], images, self.note)
+
+
+# provenance kind → twin(prov, with_probs, depth) -> Twin | None. Each producer registers its own, built with
+# the code that made its CSVs (predict.py, ensemble.py), so a new blend method or TTA view cannot drift apart
+# from the estimator's copy of it.
+TWINS = Registry("provenance kind", "kind")
+
+
+def twin_of(prov: Provenance, with_probs: bool, depth: int = 0) -> Twin | None:
+    """The labelled twin of a CSV made as `prov` says; None when it has none (an external CSV, the last
+    checkpoint, runs whose held-out files are gone)."""
+    make = TWINS.get(prov.kind)
+    return make(prov, with_probs, depth) if make is not None and depth < 4 else None
+
+
+def twin_of_file(csv: Path | str, depth: int = 0) -> Twin | None:
+    """twin_of for an input CSV named by a blend; None when it or its provenance cannot be read."""
+    csv = Path(csv)
+    try:
+        return twin_of(read_provenance(csv), probs_path(csv).is_file(), depth) if csv.is_file() else None
+    except CompError:
+        return None
+
+
+def common_images(image_lists: list[np.ndarray]) -> np.ndarray:
+    common = set(image_lists[0]).intersection(*image_lists[1:])
+    return np.array(sorted(common), dtype=object)

@@ -95,7 +95,8 @@ def test_bad_csvs_give_clear_errors(tmp_path):
     assert result.exit_code == 2 and "--ref-f1" in result.output
 
 
-def test_json_output(tmp_path):
+def test_json_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no submissions/ ledger
     y, public, prior, model = _world(n=400)
     ids = [f"i{k}" for k in range(len(y))]
     a, b = model(1.5), model(1.2)
@@ -105,7 +106,8 @@ def test_json_output(tmp_path):
                                  "--samples", "200", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert set(out) == {"f1", "f1_interval", "accuracy", "accuracy_interval", "p_better"}
+    assert set(out) == {"f1", "f1_interval", "accuracy", "accuracy_interval", "p_better", "raw_f1", "self_check"}
+    assert out["self_check"] is None  # no ledger here to check itself on
     assert out["f1_interval"][0] <= out["f1"] <= out["f1_interval"][1] and 0 <= out["p_better"] <= 1
     assert 0 <= out["accuracy"] <= 100
 

@@ -1,0 +1,148 @@
+"""Self-calibration of `comp estimate` on the ledger: how far to trust it, measured on the team's own
+scored submissions.
+
+The 4th-place team's formula (F1_best · agreement(NEW, best) · c) works because c is fitted on their own
+scored submissions. comp's estimator has the same chance: with k >= 3 scored submissions, each is estimated
+from the others (leave-one-out, as many references as the real estimate uses) and its error is known. Those
+k errors
+- correct the bias, as a function of 1 − agreement with the best reference (the estimator errs more, and
+  more one way, the further NEW is from what it knows): error ≈ a + b·(1 − agreement), a ridge fit shrunk
+  towards no correction, intercept only below 5 submissions;
+- widen the interval: the model's own interval holds the public-half luck; what the ledger shows beyond it
+  is taken as extra variance growing with 1 − agreement (τ²·(1 − agreement), fitted by moments);
+- pit comp against the formula on the same ledger. Both are scored by honest leave-one-out errors (the
+  correction for submission i is fitted without i); the final estimate blends them with inverse-MSE
+  weights, so where the formula does better on this team's ledger it carries the estimate.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # estimate.py calls in here; the types only
+    from .estimate import Estimate, Reference
+
+Z90 = 1.6449  # the 95th percentile of N(0, 1): a 90 % two-sided interval
+PRIOR_SD = {"a": 0.02, "b": 0.10}  # how large a correction is plausible before the ledger says otherwise
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a == b).mean())
+
+
+def formula(new_ans: np.ndarray, refs: list[Reference]) -> float | None:
+    """The team's calculator: best · agreement(NEW, best) · c, with c = the mean over the other references of
+    F1_j / (best · agreement(j, best)) (1 when there are none)."""
+    if not refs:
+        return None
+    best = max(refs, key=lambda r: r.f1)
+    ratios = [r.f1 / (best.f1 * agreement(r.sub.ans, best.sub.ans)) for r in refs
+              if r is not best and agreement(r.sub.ans, best.sub.ans) > 0]
+    c = float(np.mean(ratios)) if ratios else 1.0
+    return best.f1 * agreement(new_ans, best.sub.ans) * c
+
+
+@dataclass
+class LooRow:
+    name: str
+    truth: float  # its known public F1
+    comp: float  # comp's raw estimate from the others
+    half_width: float  # half the 90 % interval of that estimate
+    formula: float | None
+    x: float  # 1 − agreement with the best of its references
+
+
+def _ridge(x: np.ndarray, e: np.ndarray, slope: bool) -> tuple[float, float]:
+    """error ≈ a + b·x, ridge-shrunk towards 0 with PRIOR_SD (the noise variance from the errors themselves)."""
+    noise = max(float(np.var(e)), 0.005 ** 2)
+    cols = [np.ones_like(x)] + ([x] if slope else [])
+    prior = [PRIOR_SD["a"]] + ([PRIOR_SD["b"]] if slope else [])
+    X = np.stack(cols, 1)
+    coef = np.linalg.solve(X.T @ X + np.diag([noise / p ** 2 for p in prior]), X.T @ e)
+    return float(coef[0]), float(coef[1]) if slope else 0.0
+
+
+@dataclass
+class SelfCalibration:
+    rows: list[LooRow]
+    a: float = 0.0  # bias model: error ≈ a + b·x
+    b: float = 0.0
+    tau2: float = 0.0  # extra variance per unit of x
+    mae_raw: float = 0.0  # comp's leave-one-out MAE, uncorrected
+    mae_comp: float = 0.0  # corrected (each correction fitted without the submission it corrects)
+    mae_formula: float | None = None
+    weight_comp: float = 1.0  # in the blend with the formula
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def fit(cls, rows: list[LooRow]) -> SelfCalibration:
+        x = np.array([r.x for r in rows])
+        e = np.array([r.comp - r.truth for r in rows])
+        h = np.array([r.half_width / Z90 for r in rows])  # the model's own sd
+        slope = len(rows) >= 5
+        a, b = _ridge(x, e, slope)
+        honest = np.empty_like(e)  # each correction fitted without the row it corrects
+        for i in range(len(rows)):
+            keep = np.arange(len(rows)) != i
+            ai, bi = _ridge(x[keep], e[keep], slope and keep.sum() >= 5)
+            honest[i] = e[i] - (ai + bi * x[i])
+        resid = e - (a + b * x)
+        tau2 = max(0.0, float(((resid ** 2 - h ** 2).sum()) / max(x.sum(), 1e-3)))
+        cal = cls(rows, a, b, tau2, float(np.abs(e).mean()), float(np.abs(honest).mean()))
+        f = [(r.formula - r.truth) for r in rows if r.formula is not None]
+        if len(f) == len(rows):
+            cal.mae_formula = float(np.abs(f).mean())
+            mse_c, mse_f = float((honest ** 2).mean()), float(np.square(f).mean())
+            cal.weight_comp = (1 / max(mse_c, 1e-8)) / (1 / max(mse_c, 1e-8) + 1 / max(mse_f, 1e-8))
+        return cal
+
+    def line(self) -> str:
+        """The one line printed with every estimate: how the estimator did on this ledger."""
+        k = len(self.rows)
+        text = (f"leave-one-out on {k} scored submissions: comp MAE {self.mae_comp:.4f} "
+                f"(uncorrected {self.mae_raw:.4f})")
+        if self.mae_formula is not None:
+            text += f", team formula MAE {self.mae_formula:.4f}"
+            if self.mae_formula < self.mae_comp:
+                text += f" — the formula did better on this ledger: the estimate leans on it ({1 - self.weight_comp:.0%})"
+        return text
+
+    def apply(self, est: Estimate, x: float, formula_f1: float | None) -> Estimate:
+        """The estimate corrected for the ledger's bias, blended with the formula, its interval widened."""
+        center = est.f1 - (self.a + self.b * x)
+        if formula_f1 is not None and self.mae_formula is not None:
+            center = self.weight_comp * center + (1 - self.weight_comp) * formula_f1
+        lo, hi = est.f1_interval
+        half = [est.f1 - lo, hi - est.f1]
+        extra = Z90 ** 2 * self.tau2 * x
+        lo, hi = center - float(np.sqrt(half[0] ** 2 + extra)), center + float(np.sqrt(half[1] ** 2 + extra))
+        shift = center - est.f1
+        # P(beats the best): the draws' probability moved with the centre, as a normal approximation
+        from scipy.stats import norm
+
+        sd = max((hi - lo) / (2 * Z90), 1e-6)
+        p = float(norm.sf((est.best_ref_f1 - center) / sd)) if shift or extra else est.p_better
+        est.evidence.append(f"{self.line()}; correction {-(self.a + self.b * x):+.4f} at agreement {1 - x:.1%}")
+        return replace(est, f1=center, f1_interval=(lo, hi), p_better=p)
+
+
+def leave_one_out(refs: list[Reference], n_refs: int, run: Callable[[Reference, list[Reference]], Estimate],
+                  progress: Callable[[int, int], None] | None = None) -> SelfCalibration | None:
+    """Each scored submission estimated from the best `n_refs` of the others by `run(new, refs)`; None below
+    three submissions (one to estimate, one reference, one to fit the formula's c)."""
+    if len(refs) < 3:
+        return None
+    rows = []
+    for i, new in enumerate(refs):
+        others = sorted((r for r in refs if r is not new), key=lambda r: -r.f1)
+        use = others[:max(1, n_refs)]
+        e = run(new, use)
+        best = use[0]
+        rows.append(LooRow(new.name, new.f1, e.f1, (e.f1_interval[1] - e.f1_interval[0]) / 2,
+                           formula(new.sub.ans, others), 1 - agreement(new.sub.ans, best.sub.ans)))
+        if progress:
+            progress(i + 1, len(refs))
+    return SelfCalibration.fit(rows)

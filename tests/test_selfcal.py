@@ -1,0 +1,124 @@
+"""comp estimate's self-calibration on the ledger (leave-one-out) and its winner's-curse correction."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from comp import metrics
+from comp.cli import app
+from comp.estimate import Estimate, Reference, estimate
+from comp.selfcal import LooRow, SelfCalibration, agreement, formula, leave_one_out
+
+from .test_estimate import _sub, _world
+
+
+def _ledger(seed=0, strengths=(0.9, 1.0, 1.1, 1.2, 1.3, 1.45, 1.6)):
+    y, public, prior, model = _world(seed, n=2000)
+    subs = [_sub(model(s), len(y)) for s in strengths]
+    refs = [Reference(s, metrics.macro_f1(y[public], s.ans[public]), None, f"s{k}") for k, s in enumerate(subs)]
+    return y, public, prior, model, refs
+
+
+def test_leave_one_out_removes_an_injected_bias():
+    y, public, prior, model, refs = _ledger()
+    bias = 0.05
+
+    def biased(new, use, bias=bias):  # the estimator made 0.05 too high
+        e = estimate(new.sub, use, prior, samples=300)
+        return Estimate(e.f1 + bias, (e.f1_interval[0] + bias, e.f1_interval[1] + bias), None, None, e.p_better,
+                        e.best_ref, e.best_ref_f1)
+
+    plain = leave_one_out(refs, 1, lambda new, use: biased(new, use, 0.0))
+    cal = leave_one_out(refs, 1, biased)
+    x = np.mean([r.x for r in cal.rows])
+    assert (cal.a + cal.b * x) - (plain.a + plain.b * x) == pytest.approx(bias, abs=0.015)
+    assert cal.mae_comp < cal.mae_raw - 0.02  # honest (held-out) MAE of the corrected estimates
+    new = _sub(model(1.35), len(y))
+    truth = metrics.macro_f1(y[public], new.ans[public])
+    best = max(refs, key=lambda r: r.f1)
+    raw = biased(Reference(new, 0.0), [best])
+    fixed = cal.apply(raw, 1 - agreement(new.ans, best.sub.ans), None)  # the correction alone, no formula
+    assert abs(fixed.f1 - truth) < abs(raw.f1 - truth) - 0.025, (raw.f1, fixed.f1, truth)
+
+
+def _rows(comp_err, formula_err, x, half=0.005):
+    return [LooRow(f"r{i}", 0.5, 0.5 + c, half, 0.5 + f, xi) for i, (c, f, xi) in
+            enumerate(zip(comp_err, formula_err, x, strict=True))]
+
+
+def _estimate(f1=0.5, half=0.005):
+    return Estimate(f1, (f1 - half, f1 + half), None, None, 0.4, "best", 0.51)
+
+
+def test_when_the_formula_does_better_on_the_ledger_the_estimate_leans_on_it():
+    rng = np.random.default_rng(0)
+    cal = SelfCalibration.fit(_rows(rng.normal(0, 0.05, 8), rng.normal(0, 0.005, 8), rng.uniform(0.1, 0.4, 8)))
+    assert cal.mae_formula < cal.mae_comp and cal.weight_comp < 0.2
+    assert "the formula did better on this ledger" in cal.line()
+    e = cal.apply(_estimate(0.50), 0.2, 0.45)
+    assert abs(e.f1 - 0.45) < abs(e.f1 - 0.50) / 4 and e.self_check is None  # estimate_file sets the line
+
+
+def test_the_interval_widens_to_the_leave_one_out_spread_where_new_is_far():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.2, 0.4, 40)
+    cal = SelfCalibration.fit(_rows(rng.normal(0, 0.03, 40), rng.normal(0, 0.1, 40), x))
+    far = cal.apply(_estimate(), 0.3, None)
+    half = (far.f1_interval[1] - far.f1_interval[0]) / 2
+    assert half == pytest.approx(1.645 * 0.03, rel=0.35)  # the model said 0.005; the ledger says otherwise
+    near = cal.apply(_estimate(), 0.02, None)
+    assert (near.f1_interval[1] - near.f1_interval[0]) / 2 < half / 2  # a near copy keeps a narrow interval
+
+
+def test_winners_curse_lowers_a_different_new_and_hardly_a_near_copy():
+    y, public, prior, model, refs = _ledger(seed=2)
+    best = max(refs, key=lambda r: r.f1)
+    scores = [r.f1 for r in refs] + [best.f1 - 0.05] * 6  # chosen as the best of 13
+    far = _sub(model(1.0), len(y))
+    near_p = best.sub.probs.copy()
+    near_p[:20] = np.roll(near_p[:20], 1, axis=1)  # 1 % of its answers changed
+    near = _sub(near_p, len(y))
+    for new, most in ((far, 0.0), (near, None)):
+        plain = estimate(new, [best], prior, samples=600, seed=0)
+        cursed = estimate(new, [best], prior, samples=600, seed=0, chosen_from=scores)
+        drop = plain.f1 - cursed.f1
+        if most is None:
+            assert 0 <= drop < 0.002, drop
+        else:
+            assert drop > 0.002 and any("winner's curse" in line for line in cursed.evidence), drop
+
+
+def test_estimate_prints_the_ledger_self_check(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    y, public, prior, model, refs = _ledger(strengths=(1.0, 1.2, 1.4, 1.6))
+    ids = [f"i{k}" for k in range(len(y))]
+    from comp.submission import write_submission
+
+    for r in refs:
+        write_submission(tmp_path / f"{r.name}.csv", ids, r.sub.ans, r.sub.probs, force=True)
+        res = CliRunner().invoke(app, ["submissions", "add", f"{r.name}.csv", "--public-f1", f"{r.f1:.4f}"])
+        assert res.exit_code == 0, res.output
+    new = _sub(model(1.3), len(y))
+    write_submission(tmp_path / "new.csv", ids, new.ans, new.probs, force=True)
+    out = CliRunner().invoke(app, ["estimate", "new.csv", "--json", "--samples", "300"])
+    assert out.exit_code == 0, out.output
+    got = json.loads(out.stdout)
+    assert got["self_check"].startswith("leave-one-out on 4 scored submissions: comp MAE")
+    assert "team formula MAE" in got["self_check"] and got["raw_f1"] is not None
+    truth = metrics.macro_f1(y[public], new.ans[public])
+    assert abs(got["f1"] - truth) < 0.05
+    plain = json.loads(CliRunner().invoke(app, ["estimate", "new.csv", "--json", "--samples", "300",
+                                                "--no-self-check"]).stdout)
+    assert plain["self_check"] is None and plain["raw_f1"] is None
+
+
+def test_the_team_formula_is_best_times_agreement_times_c():
+    ids = 10
+    best = Reference(_sub(np.eye(18)[np.arange(ids) % 18], ids), 0.6, None, "best")
+    other_ans = np.eye(18)[np.r_[np.arange(8) % 18, [0, 0]]]  # agrees with best on 8 of 10
+    other = Reference(_sub(other_ans, ids), 0.5, None, "other")
+    new = np.r_[np.arange(5) % 18, [0] * 5]  # agrees on 5 of 10 (indices 0 and 1 hold 0 and 1)
+    c = 0.5 / (0.6 * 0.8)
+    assert formula(new, [other, best]) == pytest.approx(0.6 * agreement(new, best.sub.ans) * c)
+    assert formula(new, [best]) == pytest.approx(0.6 * agreement(new, best.sub.ans))
