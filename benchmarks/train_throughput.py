@@ -1,19 +1,31 @@
-"""Images/s of the official baseline's loader (PIL decode + resize every epoch) against comp's loader
-(decode once at reduced scale into a uint8 memmap cache, augment uint8 in workers) and comp's full
-training step, measured in one run on the same images.
+"""Training throughput, three ways, each measured against a baseline in the same run:
 
-    python benchmarks/train_throughput.py [--data ROOT] [--size 96x128] [--workers 2] [--model resnet10t]
+    python benchmarks/train_throughput.py loader   [--data ROOT] [--size 96x128] [--workers 2] [--model resnet10t]
+        the official baseline's loader (PIL decode + resize every epoch) against comp's loader (decode once
+        into a uint8 memmap cache, augment uint8 in workers) and comp's full step. Goal (issue 3): >= 3x.
+    python benchmarks/train_throughput.py vs-timm  --timm PATH/TO/pytorch-image-models --data ROOT [--people 400]
+        timm's own train.py, run as it is on an ImageFolder view (symlinks) of the same people, model, size,
+        batch, optimizer and threads, against `comp train` for one epoch each, alternating, twice; prints
+        both training rates and their ratio. Goal (issue 18): comp >= 1.5x.
+    python benchmarks/train_throughput.py ablation --data ROOT [--people 400] [--epochs 1]
+        `comp train` one setting changed at a time (precision, channels_last, compile, loader workers):
+        training images/s and validation macro F1.
 
-Without --data it synthesises 60 people at the competition's 384x512 into a temporary folder.
-Goal (issue 3): comp's loader >= 3x the plain loader.
+Without --data, `loader` synthesises 60 people at the competition's 384x512 into a temporary folder.
+Threads: every process gets the same OMP_NUM_THREADS (default: the machine's cores).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 from PIL import Image
 from rich.console import Console
@@ -56,15 +68,7 @@ def images_per_s(loader, epochs: int, step=None) -> float:
     return n / (time.perf_counter() - t)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path)
-    ap.add_argument("--size", default="96x128")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--model", default="resnet10t")
-    args = ap.parse_args()
+def loader_main(args):
     size = tuple(int(v) for v in args.size.split("x"))
     tmp = tempfile.TemporaryDirectory()
     root = args.data
@@ -115,6 +119,169 @@ def main():
     console.print(table)
     console.print(f"comp loader / plain loader = {comp_ips / plain_ips:.2f}x (goal >= 3x); the model "
                   f"{'waits for' if comp_ips < 1.5 * train_ips else 'does not wait for'} the loader")
+
+
+
+# ------------------------------------------------------------------------------- comp vs timm's train.py
+def subset_root(src: Path, people: int, out: Path) -> Path:
+    """A dataset root of `people` people of `src` (a fixed random sample; symlinks, nothing copied)."""
+    df = pd.read_csv(src / "train" / "train.csv", dtype=str)
+    df = df.sample(n=min(people, len(df)), random_state=0).sort_values("id") if people else df
+    (out / "train" / "images").mkdir(parents=True)
+    df.to_csv(out / "train" / "train.csv", index=False)
+    for p in df["path"]:
+        (out / "train" / "images" / p).symlink_to((src / "train" / "images" / p).resolve())
+    (out / "eval").symlink_to((src / "eval").resolve())
+    return out
+
+
+def imagefolder_view(root: Path, out: Path) -> Path:
+    """timm's ImageFolder layout of comp's fold 0 split of `root`: train/ and validation/, a folder per
+    class named 00..17 (every sort order keeps class index = folder number), symlinks to the images."""
+    from comp import runs
+
+    cfg = load_config(None, [f"data.root={root}"])
+    df = runs.train_frame(cfg)
+    for path, label, fold in zip(df["path"], df["label"], df["fold"], strict=True):
+        split = "validation" if fold == cfg.data.fold else "train"
+        src = Path(path)
+        dst = out / split / f"{label:02d}" / f"{src.parent.name}__{src.name}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(src.resolve())
+    (out / "class_map.txt").write_text("".join(f"{c:02d}\n" for c in range(18)))
+    return out
+
+
+COMMON = dict(model="resnet18", size="96x128", batch=64, lr=3e-3, wd=0.05)  # the issue's setting
+TIMM_TRAIN = re.compile(r"Train: \d+ \[\s*(\d+)/(\d+).*?\(([\d.]+)s,\s*([\d.]+)/s\)")
+
+
+def run_timm(timm_repo: Path, view: Path, out: Path, workers: int, env: dict) -> dict:
+    w, h = COMMON["size"].split("x")
+    cmd = [sys.executable, str(timm_repo / "train.py"), "--data-dir", str(view), "--train-split", "train",
+           "--val-split", "validation", "--class-map", str(view / "class_map.txt"), "--model", COMMON["model"],
+           "--num-classes", "18", "--input-size", "3", h, w, "-b", str(COMMON["batch"]), "--epochs", "1",
+           "--device", "cpu", "-j", str(workers), "--opt", "adamw", "--lr", str(COMMON["lr"]),
+           "--weight-decay", str(COMMON["wd"]), "--warmup-epochs", "0", "--log-interval", "5",
+           "--checkpoint-hist", "1", "--output", str(out)]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    rates = TIMM_TRAIN.findall(proc.stdout + proc.stderr)
+    if proc.returncode or not rates:
+        raise SystemExit(f"timm train.py failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return {"images_per_s": float(rates[-1][3]), "wall_s": wall}  # train.py's own epoch-average rate
+
+
+def run_comp(root: Path, out: Path, sets: list[str], env: dict) -> dict:
+    cmd = [sys.executable, "-m", "comp.cli", "train", "--data", str(root), "--out", str(out), "--force",
+           "--set", f"model.name={COMMON['model']}", "--set", f"data.size={COMMON['size']}",
+           "--set", f"train.batch_size={COMMON['batch']}", "--set", "train.epochs=1",
+           "--set", "optim.name=adamw", "--set", f"optim.lr={COMMON['lr']}",
+           "--set", f"optim.weight_decay={COMMON['wd']}", "--set", "sched.warmup_epochs=0",
+           "--set", "model.weights=none"]
+    for s in sets:
+        cmd += ["--set", s]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, env={**env, "COMP_NO_PROGRESS": "1"}, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise SystemExit(f"comp train failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    m = pd.read_csv(out / "fold0" / "metrics.csv").iloc[-1]
+    return {"images_per_s": float(m["images_per_s"]), "wall_s": wall, "f1": float(m["f1"]),
+            "data_wait": float(m["data_wait"])}
+
+
+def bench_env(threads: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OMP_WAIT_POLICY")}
+    return {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "",
+            "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+
+
+def vs_timm_main(args):
+    console = Console()
+    tmp = Path(tempfile.mkdtemp(prefix="comp-vs-timm-"))
+    env = {**bench_env(args.threads), "COMP_CACHE_DIR": str(tmp / "cache")}
+    root = subset_root(args.data, args.people, tmp / "data")
+    view = imagefolder_view(root, tmp / "view")
+    n_train = sum(1 for _ in (view / "train").rglob("*") if _.is_symlink())
+    console.print(f"{args.people} people of {args.data}: {n_train} training images (fold 0 held out); "
+                  f"{COMMON}; {args.threads} threads, {args.workers} loader workers each")
+    # the cache is built once before timing: it is a one-off cost (and shared by every later run of the data)
+    run_comp(root, tmp / "warm", ["train.epochs=1", f"data.workers={args.workers}"], env)
+    table = Table(title="one epoch each, alternating (training images/s)")
+    for col in ("round", "timm train.py", "comp train", "comp / timm", "comp data wait"):
+        table.add_column(col, justify="right")
+    ratios = []
+    for r in range(args.rounds):
+        t = run_timm(args.timm, view, tmp / f"timm{r}", args.workers, env)
+        c = run_comp(root, tmp / f"comp{r}", [f"data.workers={args.workers}", *args.set], env)
+        ratios.append(c["images_per_s"] / t["images_per_s"])
+        table.add_row(str(r + 1), f"{t['images_per_s']:.1f}", f"{c['images_per_s']:.1f}", f"{ratios[-1]:.2f}x",
+                      f"{c['data_wait']:.0%}")
+        console.print(f"round {r + 1}: timm {t['images_per_s']:.1f}, comp {c['images_per_s']:.1f} images/s")
+    console.print(table)
+    console.print(f"comp / timm train.py: {', '.join(f'{x:.2f}x' for x in ratios)} (goal >= 1.5x in every round)")
+
+
+ABLATION = {  # name: comp train --set overrides, on top of the COMMON setting
+    "fp32, channels_last, 2 workers (default)": [],
+    "NCHW (channels_last off)": ["model.channels_last=false"],
+    "loader in the training process (0 workers)": ["data.workers=0"],
+    "1 loader worker": ["data.workers=1"],
+    "torch.compile": ["train.compile=true"],
+    "bf16 autocast": ["train.mixed_precision=bf16"],
+}
+
+
+def ablation_main(args):
+    from comp.inference import bf16_native
+
+    console = Console()
+    tmp = Path(tempfile.mkdtemp(prefix="comp-ablation-"))
+    env = {**bench_env(args.threads), "COMP_CACHE_DIR": str(tmp / "cache")}
+    root = subset_root(args.data, args.people, tmp / "data")
+    run_comp(root, tmp / "warm", ["train.epochs=1"], env)  # builds the cache outside the timings
+    table = Table(title=f"comp train, {COMMON['model']} {COMMON['size']} b{COMMON['batch']}, {args.epochs} epoch(s), "
+                        f"{args.people} people, {args.threads} threads")
+    for col in ("setting", "images/s", "vs default", "data wait", "val macro F1"):
+        table.add_column(col, justify="left" if col == "setting" else "right")
+    base = None
+    for name, sets in ABLATION.items():
+        if "bf16" in name and not bf16_native() and not args.emulated_bf16:
+            table.add_row(name, "skipped", "", "", "no native bf16 here (emulated: 10-20x slower)")
+            continue
+        c = run_comp(root, tmp / "run", [*sets, f"train.epochs={args.epochs}"], env)
+        base = base or c["images_per_s"]
+        table.add_row(name, f"{c['images_per_s']:.1f}", f"{c['images_per_s'] / base:.2f}x", f"{c['data_wait']:.0%}",
+                      f"{c['f1']:.4f}")
+        console.print(f"{name}: {c['images_per_s']:.1f} images/s, F1 {c['f1']:.4f}")
+    console.print(table)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    lo = sub.add_parser("loader")
+    lo.add_argument("--data", type=Path)
+    lo.add_argument("--size", default="96x128")
+    lo.add_argument("--workers", type=int, default=2)
+    lo.add_argument("--batch", type=int, default=64)
+    lo.add_argument("--epochs", type=int, default=2)
+    lo.add_argument("--model", default="resnet10t")
+    for name in ("vs-timm", "ablation"):
+        p = sub.add_parser(name)
+        p.add_argument("--data", type=Path, required=True)
+        p.add_argument("--people", type=int, default=400, help="people sampled from the data (0: all)")
+        p.add_argument("--threads", type=int, default=os.cpu_count())
+        p.add_argument("--workers", type=int, default=2)
+    sub.choices["vs-timm"].add_argument("--timm", type=Path, required=True, help="a pytorch-image-models checkout")
+    sub.choices["vs-timm"].add_argument("--rounds", type=int, default=2)
+    sub.choices["vs-timm"].add_argument("--set", action="append", default=[], help="extra comp --set for the timed runs")
+    sub.choices["ablation"].add_argument("--epochs", type=int, default=1)
+    sub.choices["ablation"].add_argument("--emulated-bf16", action="store_true", help="time bf16 even where emulated")
+    args = ap.parse_args()
+    {"loader": loader_main, "vs-timm": vs_timm_main, "ablation": ablation_main}[args.what](args)
 
 
 if __name__ == "__main__":
