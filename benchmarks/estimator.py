@@ -196,6 +196,7 @@ def main():
     ap.add_argument("--foreign", type=Path, help="A folder of CSVs made without comp: the foreign pool.")
     ap.add_argument("--no-train", action="store_true", help="Use only the runs that exist.")
     ap.add_argument("--pools", default="comp,strong,foreign")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help="Which quick recipes to train for the comp pool.")
     ap.add_argument("--samples", type=int, default=1000)
     args = ap.parse_args()
     console = Console(width=220)
@@ -208,7 +209,9 @@ def main():
     pools = {}
     wanted = args.pools.split(",")
     if "comp" in wanted:
-        pools["comp"] = make_csvs(args.data, args.work / "comp", args.runs, not args.no_train, console, public_f1)
+        recipes = {k: RECIPES[k] for k in args.recipes.split(",") if k}
+        pools["comp"] = make_csvs(args.data, args.work / "comp", args.runs, not args.no_train, console, public_f1,
+                                  recipes)
     if "strong" in wanted and args.strong:
         pools["strong"] = make_csvs(args.data, args.work / "strong", args.strong, False, console, public_f1, recipes={})
     if "foreign" in wanted and args.foreign:

@@ -1,5 +1,7 @@
 """Eval images/s of `comp predict` with no TTA and with flip TTA, measured in one run on the same run
-folder and images (the image cache is built once before timing, as a second predict would find it).
+folder and images (the image cache is built once before timing, as a second predict would find it);
+and comp's TTA (all views of a batch in one forward pass) against one forward pass per view, the same
+model, images and views, timed in the same run.
 
     python benchmarks/predict_throughput.py [--run RUN] [--data ROOT] [--batch 128]
 
@@ -54,6 +56,49 @@ def main():
         n, ips = rows[tta]
         table.add_row(tta, str(views), str(n), f"{ips:,.0f}", f"{ips / rows['none'][1]:.2f}x")
     Console().print(table)
+    Console().print(views_table(run, cfg, args.data, args.repeat))
+
+
+def views_table(run: Path, cfg, data: Path | None, repeat: int) -> Table:
+    """comp's batched views against a loop of one forward pass per view (the way before), same inputs."""
+    import torch
+
+    from comp import runs
+    from comp.data.tta import TTA_VIEWS
+    from comp.inference import predict_views
+    from comp.models import normalizer
+
+    ev = runs.eval_frame(cfg, data)
+    loader = runs.image_loader(cfg, ev["path"].tolist(), batch_size=cfg.predict.batch_size)
+    model, head, _ = runs.load_run(run, runs.trained_folds(run)[0], "best")
+    norm = normalizer(cfg, model, cfg.model.channels_last)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.eval()
+    table = Table(title="TTA: views in one forward pass vs one pass per view")
+    for col in ("TTA", "one pass per view", "batched (comp)", "ratio"):
+        table.add_column(col, justify="right")
+    for tta in ("flip", "flip+scale"):
+        views = TTA_VIEWS[tta]
+
+        def per_view(views=views):
+            with torch.inference_mode():
+                for x, _, _ in loader:
+                    x = norm(x)
+                    torch.stack([head.probs(model(v(x))) for v in views])
+
+        def batched(tta=tta):
+            predict_views(model, head, loader, norm, tta=tta)
+        rates = []
+        for fn in (per_view, batched):
+            best = 0.0
+            for _ in range(repeat):
+                t = time.perf_counter()
+                fn()
+                best = max(best, len(ev) / (time.perf_counter() - t))
+            rates.append(best)
+        table.add_row(tta, f"{rates[0]:,.0f}", f"{rates[1]:,.0f}", f"{rates[1] / rates[0]:.2f}x")
+    return table
 
 
 if __name__ == "__main__":
