@@ -27,7 +27,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The whole workflow on a synthetic dataset: data → train two runs → predict → ensemble → ledger →
-# estimate → report. Its answer key plays the leaderboard. Rewrites data/synth, runs/demo*, submissions/demo.
+# estimate (with the ledger's self-check: three scored submissions) → report. Its answer key plays the
+# leaderboard. Rewrites data/synth, runs/demo*, submissions/demo.
 demo: setup
 	$(COMP) data synth $(DEMO) --people 300 --eval-people 80 --size 96x128 --seed 0 --force
 	$(COMP) data check $(DEMO)
@@ -37,9 +38,11 @@ demo: setup
 	rm -rf $(SUBS)
 	$(COMP) predict $(RUNS)/demo -o $(SUBS)/demo.csv
 	$(COMP) predict $(RUNS)/demo_mt -o $(SUBS)/demo_mt.csv
+	$(COMP) predict $(RUNS)/demo -o $(SUBS)/demo_notta.csv --tta none
 	$(COMP) ensemble $(SUBS)/demo.csv $(SUBS)/demo_mt.csv --method soft -o $(SUBS)/blend.csv
 	$(COMP) submissions add $(SUBS)/demo.csv --truth $(DEMO)/eval_truth.csv --dir $(SUBS) --note "single, multiclass"
 	$(COMP) submissions add $(SUBS)/demo_mt.csv --truth $(DEMO)/eval_truth.csv --dir $(SUBS) --note "single, multitask"
+	$(COMP) submissions add $(SUBS)/demo_notta.csv --truth $(DEMO)/eval_truth.csv --dir $(SUBS) --note "single, no TTA"
 	$(COMP) submissions list --dir $(SUBS)
 	$(COMP) estimate $(SUBS)/blend.csv --dir $(SUBS) --truth $(DEMO)/eval_truth.csv
 	$(COMP) report $(RUNS)/demo -o $(RUNS)/demo/report --submission $(SUBS)/demo.csv --force
