@@ -228,7 +228,6 @@ ABLATION = {  # name: comp train --set overrides, on top of the COMMON setting
     "fp32, channels_last, 2 workers (default)": [],
     "NCHW (channels_last off)": ["model.channels_last=false"],
     "loader in the training process (0 workers)": ["data.workers=0"],
-    "1 loader worker": ["data.workers=1"],
     "torch.compile": ["train.compile=true"],
     "bf16 autocast": ["train.mixed_precision=bf16"],
 }
