@@ -272,25 +272,27 @@ class Draws:
     f1: np.ndarray  # NEW's public F1 per draw
     acc: np.ndarray | None  # NEW's public accuracy per draw (None: no reference accuracy known)
     weights: np.ndarray  # the references' weights in the combination
-    luck_new: np.ndarray  # NEW's public F1 minus its F1 on all images, per draw
-    luck_refs: np.ndarray  # (draws, refs): the same for each reference
+    luck_new: np.ndarray | None  # NEW's public F1 minus its F1 on all images, per draw (None: not asked)
+    luck_refs: np.ndarray | None  # (draws, refs): the same for each reference
 
 
 def _draws(q: np.ndarray, new: Submission, refs: list[Reference], same: list[int], samples: int,
-           rng: np.random.Generator) -> Draws:
+           rng: np.random.Generator, luck: bool = False) -> Draws:
     """Draws of NEW's public F1 and accuracy: labels from q and a random public half per draw, NEW's score
     as the known score of the references plus its difference to them, combined with minimum variance."""
     n = len(new)
     y = sample_labels(q, samples, rng)
     public = rng.random((samples, n)) < 0.5
-    everywhere = np.ones_like(public)
     f1_new = f1_batch(y, new.ans, public)
     f1_refs = np.stack([f1_batch(y, r.sub.ans, public) for r in refs], 1)
     d = f1_new[:, None] - f1_refs
     a = np.eye(len(refs))[same[0]] if same else combine(d)
     f1_draws = np.array([r.f1 for r in refs]) @ a + d @ a
-    luck_new = f1_new - f1_batch(y, new.ans, everywhere)
-    luck_refs = f1_refs - np.stack([f1_batch(y, r.sub.ans, everywhere) for r in refs], 1)
+    luck_new = luck_refs = None
+    if luck:  # only the winner's-curse correction needs it: two more F1 passes per reference
+        everywhere = np.ones_like(public)
+        luck_new = f1_new - f1_batch(y, new.ans, everywhere)
+        luck_refs = f1_refs - np.stack([f1_batch(y, r.sub.ans, everywhere) for r in refs], 1)
     acc_new = acc_batch(y, new.ans, public)
     known_acc = [j for j, r in enumerate(refs) if r.acc is not None]
     if not known_acc:
@@ -390,8 +392,9 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
         sources = [make_source(x.sub.probs if k else None, x.sub.ans, prior) for x, k in zip(refs, kinds[1:], strict=True)]
         new_src = make_source(new.probs if kinds[0] else None, new.ans, prior)
         warnings = anchor(prior, refs, sources, new_src, r, new_theta=theta)
-        draws = _draws(posterior(prior, sources + [new_src], n), new, refs, same, per, rng)
-        shift, why = winners_curse(draws, refs, chosen_from or []) if not same else (0.0, None)
+        cursed = not same and len(chosen_from or []) >= 3
+        draws = _draws(posterior(prior, sources + [new_src], n), new, refs, same, per, rng, luck=cursed)
+        shift, why = winners_curse(draws, refs, chosen_from) if cursed else (0.0, None)
         curse += shift / len(settings)
         curse_why = why or curse_why
         f1_parts.append(draws.f1 - shift)

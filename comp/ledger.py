@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import CompError
-from .fileio import atomic_path, atomic_write
+from .fileio import atomic_path, atomic_write, sha256_file
 from .submission import check_against_ids, meta_path, probs_path, read_submission
 
 COLUMNS = ["name", "sha256", "time", "public_f1", "public_acc", "note"]
@@ -31,12 +31,6 @@ class Entry:
 
     def path(self, folder: Path) -> Path:
         return folder / self.name
-
-
-def sha256(path: Path) -> str:
-    from .submission import sha256_file
-
-    return sha256_file(path)
 
 
 def read_ledger(folder: Path | str = DEFAULT_DIR) -> list[Entry]:
@@ -74,13 +68,13 @@ def add(file: Path | str, public_f1: float, public_acc: float | None = None, not
     sub = read_submission(file)
     entries = read_ledger(folder)
     _check_rows(sub, entries, folder, data)
-    digest = sha256(file)
+    digest = sha256_file(file)
     same = next((e for e in entries if e.sha256 == digest), None)
     if same is not None:
         raise CompError(f"{file}: the same file is already in the ledger as {same.name} (public F1 "
                         f"{same.public_f1:.4f}, {same.time}); a resubmission scores the same and would count twice")
     dest = folder / file.name
-    if dest.exists() and dest.resolve() != file.resolve() and sha256(dest) != digest:
+    if dest.exists() and dest.resolve() != file.resolve() and sha256_file(dest) != digest:
         raise CompError(f"{dest}: another file of that name is already in {folder}; rename {file.name} first")
     folder.mkdir(parents=True, exist_ok=True)
     if dest.resolve() != file.resolve():  # the provenance last: it commits the copied set

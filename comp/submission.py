@@ -30,7 +30,7 @@ import pandas as pd
 from . import metrics
 from .data import labels as L
 from .errors import CompError
-from .fileio import atomic_write, refuse_overwrite, write_bytes
+from .fileio import atomic_write, refuse_overwrite, sha256_file, write_bytes
 from .registry import Registry
 
 PROVENANCE_VERSION = 2
@@ -49,14 +49,6 @@ def meta_path(csv: Path | str) -> Path:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------- provenance

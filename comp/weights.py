@@ -15,7 +15,6 @@ carries them in `model.pretrained_cfg`, timm's own record of the input it expect
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import importlib.resources
 import json
@@ -27,7 +26,7 @@ import timm
 import torch
 
 from .errors import CompError
-from .fileio import atomic_path, refuse_overwrite
+from .fileio import atomic_path, refuse_overwrite, sha256_file
 from .registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -166,14 +165,6 @@ def read_checkpoint(path: Path | str, what: str = "model.weights") -> tuple[dict
         keys = ", ".join(map(str, list(sd)[:4])) or "none"
         raise CompError(f"{p}: holds no tensors (keys: {keys}); is it a weights file?")
     return tensors, meta
-
-
-def sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- fitting
@@ -452,7 +443,7 @@ def import_weights(src: Path | str, arch: str, out: Path | str, norm: Norm | Non
         model = _template(arch, num_classes)
         f = fit({k: _shape(v) for k, v in model.state_dict().items()}, sd, prefixes, str(src), arch, "--model")
     norm = norm or norm_from_metadata(meta, str(src)) or model_norm(model)
-    digest = sha256(src)
+    digest = sha256_file(src)
     tag = src.stem.rsplit("-", 1)[-1]  # torch.hub names carry the first 8 hex digits of the sha256
     if re.fullmatch(r"[0-9a-f]{8,}", tag) and not digest.startswith(tag):
         raise CompError(f"{src}: its sha256 starts {digest[:8]}, not {tag} as its name says; the file is corrupt, "

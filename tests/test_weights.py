@@ -21,6 +21,7 @@ from comp import weights as W
 from comp.cli import app
 from comp.config import load_config
 from comp.errors import CompError
+from comp.fileio import sha256_file
 from comp.models import create_model, input_norm, normalizer
 from comp.train.engine import train
 
@@ -221,7 +222,7 @@ def test_import_writes_timm_names_with_metadata_and_trains_from_it(tmp_path):
     with safe_open(str(out), "pt") as fh:
         meta, keys = fh.metadata(), list(fh.keys())
     assert meta["architecture"] == ARCH and meta["source"] == str(tmp_path / "foreign.pth")
-    assert meta["source_sha256"] == W.sha256(tmp_path / "foreign.pth") and meta["loaded"] == "by order and shape"
+    assert meta["source_sha256"] == sha256_file(tmp_path / "foreign.pth") and meta["loaded"] == "by order and shape"
     assert json.loads(meta["mean"]) == [0.5] * 3 and json.loads(meta["std"]) == [0.25] * 3
     assert json.loads(meta["mapping"])["conv_stem.weight"] == "_net.000_conv_stem.weight"
     assert "conv_stem.weight" in keys and "classifier.weight" in keys
