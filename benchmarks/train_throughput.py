@@ -7,9 +7,9 @@
         timm's own train.py, run as it is on an ImageFolder view (symlinks) of the same people, model, size,
         batch, optimizer and threads, against `comp train` for one epoch each, alternating, twice; prints
         both training rates and their ratio. Goal (issue 18): comp >= 1.5x.
-    python benchmarks/train_throughput.py ablation --data ROOT [--people 400] [--epochs 1]
-        `comp train` one setting changed at a time (precision, channels_last, compile, loader workers):
-        training images/s and validation macro F1.
+    python benchmarks/train_throughput.py ablation --data ROOT [--people 400] [--epochs 1] [--model M --size WxH]
+        `comp train` one setting changed at a time (precision, channels_last, compile, loader workers, frozen
+        stem and first stages): training images/s and validation macro F1.
 
 Without --data, `loader` synthesises 60 people at the competition's 384x512 into a temporary folder.
 Threads: every process gets the same OMP_NUM_THREADS (default: the machine's cores).
@@ -230,6 +230,7 @@ ABLATION = {  # name: comp train --set overrides, on top of the COMMON setting
     "loader in the training process (0 workers)": ["data.workers=0"],
     "torch.compile": ["train.compile=true"],
     "bf16 autocast": ["train.mixed_precision=bf16"],
+    "stem + first 3 stages frozen (model.freeze=4)": ["model.freeze=4"],
 }
 
 
@@ -237,6 +238,7 @@ def ablation_main(args):
     from comp.inference import bf16_native
 
     console = Console()
+    COMMON.update(model=args.model, size=args.size, batch=args.batch)
     tmp = Path(tempfile.mkdtemp(prefix="comp-ablation-"))
     env = {**bench_env(args.threads), "COMP_CACHE_DIR": str(tmp / "cache")}
     root = subset_root(args.data, args.people, tmp / "data")
@@ -278,6 +280,9 @@ def main():
     sub.choices["vs-timm"].add_argument("--rounds", type=int, default=2)
     sub.choices["vs-timm"].add_argument("--set", action="append", default=[], help="extra comp --set for the timed runs")
     sub.choices["ablation"].add_argument("--epochs", type=int, default=1)
+    sub.choices["ablation"].add_argument("--model", default=COMMON["model"], help="e.g. tf_efficientnet_lite0")
+    sub.choices["ablation"].add_argument("--size", default=COMMON["size"])
+    sub.choices["ablation"].add_argument("--batch", type=int, default=COMMON["batch"])
     sub.choices["ablation"].add_argument("--emulated-bf16", action="store_true", help="time bf16 even where emulated")
     args = ap.parse_args()
     {"loader": loader_main, "vs-timm": vs_timm_main, "ablation": ablation_main}[args.what](args)

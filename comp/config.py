@@ -57,6 +57,8 @@ class ModelConfig:
     drop_rate: float = _in(0.0, 0, 1, below=True)  # dropout before the classifier
     drop_path_rate: float = _in(0.0, 0, 1, below=True)  # stochastic depth (architectures that have it)
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CPU and on tensor cores
+    freeze: int = _in(0, 0)  # the first N of timm's coarse layer groups (0 = stem, then stages/blocks) keep their
+    # loaded weights and batch-norm statistics: no backward through them (faster on a CPU), less forgetting
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
 
 
@@ -93,6 +95,8 @@ class OptimConfig:
     lr: float = _in(1e-3, 0, above=True)  # peak learning rate, for batch_size x processes x grad_accum images
     weight_decay: float = _in(0.05, 0)  # decoupled for adamw; not applied to biases and norms
     momentum: float = _in(0.9, 0, 1, below=True)  # sgd and other momentum optimizers only
+    layer_decay: float = _in(1.0, 0, 1, above=True)  # timm's layer-wise lr decay: each layer (block) below the head
+    # trains at this × the lr of the one above (0.7-0.9 for pretrained trunks); 1 = one lr for all
 
 
 @dataclass

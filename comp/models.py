@@ -133,6 +133,10 @@ def create_model(cfg: ModelConfig, head: Head | None = None) -> torch.nn.Module:
     if f.mapping is not None:
         ui.console.print(f"model.weights={cfg.weights}: its names differ from {cfg.name}'s; {f.describe()}; "
                          "`comp weights import` saves the converted file", highlight=False)
+    if f.made_for:  # e.g. TF-ported weights (TF "same" padding, BN eps 1e-3) in the PyTorch-padded variant
+        ui.console.print(f"[yellow]model.weights={cfg.weights} was made for {f.made_for}, loaded into {cfg.name}: "
+                         f"the tensors fit, but padding or normalisation layers may differ; set "
+                         f"model.name={f.made_for} to run the network the weights were trained in[/]", highlight=False)
     return model
 
 
@@ -159,3 +163,34 @@ def normalizer(cfg: Config, model: torch.nn.Module, channels_last: bool = False)
     """The Normalizer of `model` in a run with config `cfg` (train, validation, predict, soup, explain)."""
     norm = input_norm(cfg, model)
     return Normalizer(norm.mean, norm.std, channels_last)
+
+
+def layer_groups(model: torch.nn.Module) -> dict[int, list[str]]:
+    """timm's coarse layer groups of the model, in depth order: group 0 is the stem, then its stages (or blocks),
+    the classifier last: the same groups timm's layer-wise lr decay uses."""
+    from timm.models import group_modules
+
+    return group_modules(model, model.group_matcher(coarse=True))
+
+
+def check_freeze(cfg: ModelConfig) -> None:
+    """model.freeze must leave at least the classifier's group trainable (checked on a weightless meta model)."""
+    if cfg.freeze <= 0:
+        return
+    with torch.device("meta"):
+        groups = layer_groups(timm.create_model(cfg.name, pretrained=False, num_classes=HEADS.resolve(cfg.head)))
+    if cfg.freeze >= len(groups):
+        raise CompError(f"model.freeze={cfg.freeze}: {cfg.name} has {len(groups)} layer groups (stem, stages, "
+                        f"classifier); freeze at most {len(groups) - 1} so something trains")
+
+
+def freeze(model: torch.nn.Module, n: int) -> list[torch.nn.Module]:
+    """Stops training the first n layer groups: no gradients (so no backward pass through them) and, since
+    the caller keeps the returned modules in eval mode, their batch-norm statistics stay the loaded ones."""
+    if n <= 0:
+        return []
+    names = [name for g, members in sorted(layer_groups(model).items()) if g < n for name in members]
+    modules = [model.get_submodule(name) for name in names]
+    for m in modules:
+        m.requires_grad_(False)
+    return modules

@@ -202,6 +202,7 @@ class Fit:
     tensors: dict[str, torch.Tensor]
     fresh: list[str] = field(default_factory=list)
     mapping: list[tuple[str, str]] | None = None
+    made_for: str | None = None  # the architecture the file records, when it is not the model's
 
     def describe(self, examples: int = 3) -> str:
         """'N tensors loaded by name', or how many were mapped by order and shape, with a few renamings."""
@@ -308,6 +309,9 @@ def load_weights(model: torch.nn.Module, path: Path | str, what: str = "model.we
     norm = norm_from_metadata(meta, str(path))
     if norm is not None:
         set_norm(model, norm)
+    made_for = meta.get("architecture", "").split(".")[0]
+    if made_for and made_for != arch.split(".")[0]:
+        f.made_for = made_for
     return f
 
 

@@ -80,6 +80,7 @@ def test_binary_pipeline_file(tmp_path):
     ("data.crop=retinaface", r"data.crop='retinaface' is not a known face detector"),
     ("model.weights=/no/such.pth", r"model.weights=/no/such.pth: file not found"),
     ("train.mixed_precision=fp32", r"train.mixed_precision='fp32'; choose one of auto, no, fp16, bf16"),
+    ("model.freeze=6", r"model.freeze=6: resnet18 has 6 layer groups \(stem, stages, classifier\); freeze at most 5"),
 ])
 def test_every_name_is_checked_against_its_registry(override, message):
     with pytest.raises(CompError, match=message):

@@ -1,6 +1,6 @@
 """Each training and inference feature does what it says: every test here fails when its feature is
 removed or wired wrong (EMA, gradient accumulation, early stopping, schedules, class and head weights,
-Mixup/CutMix in comp's own loop, flip TTA)."""
+Mixup/CutMix in comp's own loop, flip TTA, frozen layers, layer-wise lr decay)."""
 import numpy as np
 import pytest
 import torch
@@ -12,7 +12,7 @@ from comp.config import load_config
 from comp.data import labels as L
 from comp.data.loader import Normalizer
 from comp.inference import predict_probs, predict_views
-from comp.models import Head, create_model
+from comp.models import Head, create_model, layer_groups
 from comp.train import engine
 from comp.train.engine import train, train_one_epoch
 from comp.train.factory import build_fold, create_scheduler
@@ -208,3 +208,33 @@ def test_epoch_hook_sees_each_epoch_and_can_stop_the_run(tiny_root, tmp_path):
         train(tiny_cfg(tiny_root, "train.epochs=3"), tmp_path / "run", on_epoch=hook)
     assert [s[:2] for s in seen] == [(0, 1), (0, 2)]
     assert len(runs.read_metrics(tmp_path / "run" / "fold0")) == 2  # saved before the hook ran
+
+
+def test_freeze_keeps_the_first_layer_groups_weights_and_batchnorm_statistics(tiny_root, tmp_path):
+    f = fold_of(tiny_root, tmp_path, "model.freeze=2")
+    groups = layer_groups(f.model)
+    frozen_prefixes = tuple(m + "." for g in (0, 1) for m in groups[g])
+    state = {n: t.clone() for n, t in f.model.state_dict().items()}
+    trained = {id(p) for g in f.optimizer.param_groups for p in g["params"]}
+    train_one_epoch(f, 0)
+    after = f.model.state_dict()
+    frozen = [n for n in state if n.startswith(frozen_prefixes) and not n.endswith("num_batches_tracked")]
+    assert any("running_mean" in n for n in frozen)  # the stem's batch norm is among them
+    assert all(torch.equal(state[n], after[n]) for n in frozen)  # weights and running statistics alike
+    moved = [n for n in state if not n.startswith(frozen_prefixes) and not torch.equal(state[n], after[n])]
+    assert any(n.startswith("layer2.") for n in moved) and any(n.startswith("fc.") for n in moved)
+    named = dict(f.model.named_parameters())
+    assert not any(id(named[n]) in trained for n in frozen if n in named)  # the optimizer does not hold them
+
+
+def test_layer_decay_scales_each_groups_lr_down_from_the_head(tiny_root, tmp_path):
+    f = fold_of(tiny_root, tmp_path, "optim.layer_decay=0.5", "optim.weight_decay=0")
+    lr_of = {}
+    for g in f.optimizer.param_groups:
+        for p in g["params"]:
+            lr_of[id(p)] = g["lr"]
+    named = dict(f.model.named_parameters())
+    head, stem = lr_of[id(named["fc.weight"])], lr_of[id(named["conv1.0.weight"])]
+    n = len(layer_groups(f.model))  # stem, 4 stages, classifier
+    assert head > 0 and stem == pytest.approx(head * 0.5 ** (n - 1))
+    assert lr_of[id(named["layer4.0.conv1.weight"])] == pytest.approx(head * 0.5)

@@ -277,6 +277,12 @@ def test_package_weights_convert_once_into_the_cache(tmp_path, monkeypatch, caps
     mtime = cached[0].stat().st_mtime_ns
     create_model(cfg)
     assert cached[0].stat().st_mtime_ns == mtime and "converted" not in capsys.readouterr().err
+    assert "made for" not in capsys.readouterr().err
+    # the same tensors fit the PyTorch-padded efficientnet_lite0: loaded, but the user is told which variant
+    create_model(_cfg("package:efficientnet_lite0", "efficientnet_lite0"))
+    err = " ".join(capsys.readouterr().err.split())
+    assert "was made for tf_efficientnet_lite0, loaded into efficientnet_lite0" in err
+    assert "set model.name=tf_efficientnet_lite0" in err
 
 
 # ------------------------------------------------------------------------------------- normalisation

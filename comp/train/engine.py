@@ -50,6 +50,8 @@ def train_one_epoch(f: Fold, epoch: int, bar=None) -> tuple[float, float]:
     if f.mixup is not None:
         f.mixup.mixup_enabled = not (m.off_epoch and epoch >= m.off_epoch)
     f.model.train()
+    for m in f.frozen:
+        m.eval()
     every = sync_every(acc.device)
     losses, unchecked = [], []
     task = bar.add_task(f"fold {f.fold} epoch {epoch + 1}/{f.cfg.train.epochs}", total=len(f.train_loader),

@@ -29,7 +29,7 @@ from ..data.loader import SAMPLERS, EpochSampler, ImageDataset, Normalizer, make
 from ..data.tta import TTA_VIEWS
 from ..errors import CompError
 from ..inference import precision
-from ..models import HEADS, Head, check_model_name, create_model, normalizer
+from ..models import HEADS, Head, check_freeze, check_model_name, create_model, freeze, normalizer
 from ..registry import Registry
 from ..weights import check_weights
 from .losses import CLASS_WEIGHTS, LOSSES, Criterion
@@ -73,6 +73,8 @@ def check_config(cfg: Config, source: str = "config") -> None:
             raise CompError(f"{key}={value!r}; choose one of {', '.join(options)}")
 
     attempt(check_model_name, cfg.model.name)
+    if timm.is_model(cfg.model.name):
+        attempt(check_freeze, cfg.model)
     attempt(HEADS.check, cfg.model.head)
     for term in cfg.loss.terms:
         attempt(LOSSES.check, term)
@@ -197,6 +199,7 @@ class Fold:
     val_rows: np.ndarray  # train-frame rows of the validation images
     y_val: torch.Tensor  # their labels
     state: TrainState
+    frozen: list[torch.nn.Module]  # model.freeze's layers: kept in eval mode while the rest trains
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -226,8 +229,10 @@ def build_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, log_with: li
         model = model.to(memory_format=torch.channels_last)
     if tc.compile:
         model = torch.compile(model)
-    optimizer = timm.optim.create_optimizer_v2(model, opt=cfg.optim.name, lr=cfg.optim.lr,
-                                               weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum)
+    frozen = freeze(model, cfg.model.freeze)  # before the optimizer, which takes only what trains
+    optimizer = timm.optim.create_optimizer_v2(
+        model, opt=cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum,
+        layer_decay=cfg.optim.layer_decay if cfg.optim.layer_decay < 1 else None)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     updates_per_epoch = max(1, math.ceil(len(train_loader) / tc.grad_accum))
     scheduler = create_scheduler(optimizer, cfg.sched, tc.epochs, updates_per_epoch)
@@ -237,4 +242,4 @@ def build_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, log_with: li
     accelerator.register_for_checkpointing(scheduler, state, *([ema] if ema else []))
     return Fold(cfg, fold, out, accelerator, model, head, optimizer, scheduler,
                 Criterion(cfg.loss, head, df["label"].to_numpy()[tr_idx]), create_mixup(cfg.mixup, cfg.loss.label_smoothing),
-                ema, normalize, train_loader, val_loader, va_idx, torch.as_tensor(df["label"].to_numpy()[va_idx]), state)
+                ema, normalize, train_loader, val_loader, va_idx, torch.as_tensor(df["label"].to_numpy()[va_idx]), state, frozen)
