@@ -357,7 +357,8 @@ def open_storage(url: str, heartbeat: int | None = None) -> optuna.storages.RDBS
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CompError(f"--storage {_redact(url)}: cannot open it ({msg[:200]}); check the URL, its driver "
-                        "(psycopg2 for postgresql://, pymysql for mysql+pymysql://) and that the server is up") from None
+                        "(psycopg for postgresql:// with SQLAlchemy 2.1+, psycopg2 for postgresql+psycopg2://, pymysql for "
+                        "mysql+pymysql://) and that the server is up") from None
     if sqlite:
         _serialize_sqlite(storage)
     return storage

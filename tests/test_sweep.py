@@ -288,3 +288,26 @@ def test_a_worker_that_loses_the_race_to_create_the_study_joins_it(pipeline, tin
     sw, st = sweep.prepare("race", pipeline, space, tiny_root, out=out)
     assert len(calls) >= 2 and sw.settings.space == yaml.safe_load(SPACE)
     assert len(st.get_trials()) == 1  # the winner's baseline, queued once
+
+
+@pytest.mark.skipif(not os.environ.get("COMP_TEST_STORAGE"), reason="set COMP_TEST_STORAGE=postgresql://... (or "
+                    "mysql+pymysql://...) to run the workers on a database server")
+def test_two_workers_share_a_study_on_a_database_server(pipeline, tiny_root, tmp_path):
+    """The several-machines setup: the same command on two workers with --storage a server URL."""
+    url, name = os.environ["COMP_TEST_STORAGE"], f"two-{os.getpid()}-{time.time_ns()}"
+    space = write(tmp_path / "space.yaml", SPACE)
+    args = ["-p", str(pipeline), "--space", str(space), "--data", str(tiny_root), "--trials", "4", "--study", name,
+            "--storage", url, "--out", str(tmp_path / "sweep"), "--set", "train.epochs=1", "--heartbeat", "2"]
+    procs = [worker(args, tmp_path, tmp_path / f"worker{i}.log") for i in (0, 1)]
+    codes = [p.wait(timeout=300) for p in procs]
+    assert codes == [0, 0], "\n".join((tmp_path / f"worker{i}.log").read_text()[-3000:] for i in (0, 1))
+    try:
+        trials = [t for t in optuna.load_study(study_name=name, storage=url).get_trials()
+                  if not t.user_attrs.get("surplus")]
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+        assert len({t.user_attrs["run_dir"] for t in trials}) == 4
+        assert {t.user_attrs["worker"].rsplit(":", 1)[1] for t in trials} == {str(p.pid) for p in procs}
+        result = CliRunner().invoke(app, ["sweep", "show", name, "--storage", url, "--out", str(tmp_path / "sweep")])
+        assert result.exit_code == 0 and "comp train" in result.output
+    finally:
+        optuna.delete_study(study_name=name, storage=url)
