@@ -227,12 +227,13 @@ def build_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, log_with: li
     normalize = normalizer(cfg, model, cfg.model.channels_last).to(accelerator.device)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if tc.compile:
-        model = torch.compile(model)
-    frozen = freeze(model, cfg.model.freeze)  # before the optimizer, which takes only what trains
+    # both on the plain module (torch.compile's wrapper renames every layer); the optimizer takes only what trains
+    frozen = freeze(model, cfg.model.freeze)
     optimizer = timm.optim.create_optimizer_v2(
         model, opt=cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum,
         layer_decay=cfg.optim.layer_decay if cfg.optim.layer_decay < 1 else None)
+    if tc.compile:
+        model = torch.compile(model)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     updates_per_epoch = max(1, math.ceil(len(train_loader) / tc.grad_accum))
     scheduler = create_scheduler(optimizer, cfg.sched, tc.epochs, updates_per_epoch)
