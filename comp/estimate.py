@@ -303,6 +303,11 @@ def _draws(q: np.ndarray, new: Submission, refs: list[Reference], same: list[int
     return Draws(f1_draws, np.array([refs[j].acc for j in known_acc]) @ b + da @ b, a, luck_new, luck_refs)
 
 
+def curse_applies(chosen_from: list[float] | None) -> bool:
+    """The winner's-curse correction needs the scores of at least 3 submissions the references were chosen from."""
+    return len(chosen_from or []) >= 3
+
+
 def winners_curse(draws: Draws, refs: list[Reference], chosen_from: list[float]) -> tuple[float, str | None]:
     """How much lower NEW's public F1 is expected than the draws say because the references were picked for
     their public scores. A reference chosen as the best of m scored submissions holds, on average, some
@@ -310,9 +315,9 @@ def winners_curse(draws: Draws, refs: list[Reference], chosen_from: list[float])
     noise of a score, τ² the spread of the submissions' true scores). NEW shares a part β of that luck (the
     regression of its luck on the reference's across draws: a near copy shares nearly all, a different
     CSV little), so its expected public F1 is lower by (1 − β)·L per unit of the reference's weight."""
-    scores = np.asarray(chosen_from, float)
-    if len(scores) < 3:
+    if not curse_applies(chosen_from):
         return 0.0, None
+    scores = np.asarray(chosen_from, float)
     total, parts = 0.0, []
     mean, spread = scores.mean(), scores.var(ddof=1)
     for j, r in enumerate(refs):
@@ -392,7 +397,7 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
         sources = [make_source(x.sub.probs if k else None, x.sub.ans, prior) for x, k in zip(refs, kinds[1:], strict=True)]
         new_src = make_source(new.probs if kinds[0] else None, new.ans, prior)
         warnings = anchor(prior, refs, sources, new_src, r, new_theta=theta)
-        cursed = not same and len(chosen_from or []) >= 3
+        cursed = not same and curse_applies(chosen_from)
         draws = _draws(posterior(prior, sources + [new_src], n), new, refs, same, per, rng, luck=cursed)
         shift, why = winners_curse(draws, refs, chosen_from) if cursed else (0.0, None)
         curse += shift / len(settings)
