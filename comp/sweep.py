@@ -654,7 +654,8 @@ def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
 
 
 class _QuietSurplus(logging.Filter):
-    """Keeps Optuna from logging surplus trials as failures (with a traceback)."""
+    """Keeps Optuna from logging as failures (with a traceback) surplus trials and the trial Ctrl-C stopped:
+    comp says what happened to both in one line of its own."""
 
     def __init__(self):
         super().__init__()
@@ -662,6 +663,8 @@ class _QuietSurplus(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt) and msg.startswith("Trial "):
+            self.numbers.add(int(msg.split()[1]))  # and its second line, "Trial N failed with value None."
         return not any(msg.startswith(f"Trial {n} failed") for n in self.numbers)
 
 
@@ -735,6 +738,10 @@ def run(pipeline: Path | str | None = None, space: Path | str | None = None, dat
             ended: list[FrozenTrial] = []
             try:
                 st.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[_append_to(ended)])
+            except KeyboardInterrupt:
+                ui.console.print(f"sweep {sw.name}: interrupted; the running trial is marked failed (not counted, "
+                                 "not retried); run the same command to go on", highlight=False)
+                raise
             except ValueError as e:  # Optuna could not record the end of a trial another worker had failed
                 if not str(e).startswith("Cannot tell a"):
                     raise

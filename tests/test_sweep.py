@@ -164,6 +164,32 @@ def test_a_killed_workers_trial_is_retried_and_resumed_by_the_next_worker(pipeli
     assert shown.rows[0].note == "baseline; worker died; retried as 1"
 
 
+def test_ctrl_c_stops_a_worker_with_one_line_and_its_trial_is_not_retried(pipeline, tiny_root, tmp_path):
+    out = tmp_path / "sweeps" / "int"
+    space = write(tmp_path / "space.yaml", "optim.lr: {log: [1e-4, 1e-2]}\n")
+    sweep.run(pipeline, space, tiny_root, n_trials=0, study="int", out=out, sets=["train.epochs=3"],
+              pruner="none", heartbeat=2)
+    log = tmp_path / "a.log"
+    a = worker(["--study", "int", "--out", str(out), "--data", str(tiny_root), "--trials", "1"], tmp_path, log)
+    metrics = out / "trials" / "0000" / "fold0" / "metrics.csv"
+    deadline = time.time() + 240
+    while not (metrics.is_file() and len(runs.read_metrics(metrics.parent)) >= 1):  # mid-trial
+        assert a.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+    a.send_signal(signal.SIGINT)
+    assert a.wait(timeout=60) != 0
+    said = log.read_text()
+    assert "interrupted; the running trial is marked failed" in said
+    assert "Traceback" not in said and "failed with parameters" not in said, said  # no Optuna traceback
+    (stopped,) = trials_of(out, "int")
+    assert stopped.state == TrialState.FAIL
+
+    sweep.run(study="int", out=out, data=tiny_root, n_trials=1)  # the next worker starts a new trial
+    trials = trials_of(out, "int")
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "retry_of" not in trials[1].user_attrs
+
+
 def test_pruning_stops_a_trial_whose_epoch_f1_is_below_the_median(pipeline, tiny_root, tmp_path, monkeypatch):
     # Validation F1 made a known function of the lr, so the curves are known: 0.75 at lr 3e-3 (the baseline),
     # 0 at 1e-4, 1 at 1e-2.
