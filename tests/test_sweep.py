@@ -293,10 +293,15 @@ def test_a_fresh_trial_started_when_the_study_is_full_gives_way_but_a_retry_neve
     assert sweep._surplus(study, third, 2)  # ... whose re-queued copy still counts ahead of fresh ones
 
 
-def test_the_shipped_cpu_space_fits_the_cpu_recipe():
-    space = sweep.load_space(REPO / "pipelines" / "sweeps" / "cpu.yaml", REPO / "pipelines" / "cpu.yaml",
+def test_the_shipped_cpu_space_fits_the_cpu_recipe(tiny_root, tmp_path):
+    pipes = REPO / "pipelines"
+    space = sweep.load_space(pipes / "sweeps" / "cpu.yaml", pipes / "cpu.yaml",
                              ["train.epochs=4"])  # as its comment runs it: short trials, epochs not searched
     assert {"optim.lr", "augment.preset", "model.head"} <= set(space.dims) and "train.epochs" not in space.dims
+    sweep.run(pipes / "cpu.yaml", pipes / "sweeps" / "cpu.yaml", tiny_root, n_trials=0, study="cpu",
+              out=tmp_path, sets=["train.epochs=4"])
+    (first,) = trials_of(tmp_path, "cpu")  # the recipe itself is queued first: the bar the search must clear
+    assert first.user_attrs.get("baseline") and first.system_attrs["fixed_params"]["optim.lr"] == 0.003
     assert space.dims["optim.lr"].distribution.log
 
 
