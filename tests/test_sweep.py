@@ -53,7 +53,13 @@ def worker(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", COMP_NO_PROGRESS="1", HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen([sys.executable, "-m", "comp", "sweep", *args], cwd=cwd, env=env,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, preexec_fn=_ctrl_c_as_in_a_terminal)
+
+
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A suite started in the background (`make test &`) inherits SIGINT ignored, and Python then never turns
+    it into KeyboardInterrupt: give the worker the default a terminal gives it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def trials_of(out: Path, name: str) -> list[optuna.trial.FrozenTrial]:
