@@ -138,18 +138,24 @@ def test_a_worker_started_differently_cannot_join(two_workers, pipeline, tiny_ro
     assert len(trials_of(out, "two")) == before
 
 
-def test_a_killed_workers_trial_is_retried_and_resumed_by_the_next_worker(pipeline, tiny_root, tmp_path):
-    out = tmp_path / "sweeps" / "kill"
+def worker_after_first_epoch(pipeline: Path, tiny_root: Path, tmp_path: Path, study: str):
+    """A worker process on a new 3-epoch, 1-trial study, returned once its trial has saved its first epoch."""
+    out = tmp_path / "sweeps" / study
     space = write(tmp_path / "space.yaml", "optim.lr: {log: [1e-4, 1e-2]}\n")
-    sweep.run(pipeline, space, tiny_root, n_trials=0, study="kill", out=out, sets=["train.epochs=3"],
+    sweep.run(pipeline, space, tiny_root, n_trials=0, study=study, out=out, sets=["train.epochs=3"],
               pruner="none", heartbeat=2)
     log = tmp_path / "a.log"
-    a = worker(["--study", "kill", "--out", str(out), "--data", str(tiny_root), "--trials", "1"], tmp_path, log)
+    a = worker(["--study", study, "--out", str(out), "--data", str(tiny_root), "--trials", "1"], tmp_path, log)
     metrics = out / "trials" / "0000" / "fold0" / "metrics.csv"
     deadline = time.time() + 240
-    while not (metrics.is_file() and len(runs.read_metrics(metrics.parent)) >= 1):  # first epoch saved
+    while not (metrics.is_file() and len(runs.read_metrics(metrics.parent)) >= 1):
         assert a.poll() is None and time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.1)
+    return out, a, log, metrics
+
+
+def test_a_killed_workers_trial_is_retried_and_resumed_by_the_next_worker(pipeline, tiny_root, tmp_path):
+    out, a, log, metrics = worker_after_first_epoch(pipeline, tiny_root, tmp_path, "kill")
     a.send_signal(signal.SIGKILL)
     a.wait()
     (killed,) = trials_of(out, "kill")
@@ -171,17 +177,7 @@ def test_a_killed_workers_trial_is_retried_and_resumed_by_the_next_worker(pipeli
 
 
 def test_ctrl_c_stops_a_worker_with_one_line_and_its_trial_is_not_retried(pipeline, tiny_root, tmp_path):
-    out = tmp_path / "sweeps" / "int"
-    space = write(tmp_path / "space.yaml", "optim.lr: {log: [1e-4, 1e-2]}\n")
-    sweep.run(pipeline, space, tiny_root, n_trials=0, study="int", out=out, sets=["train.epochs=3"],
-              pruner="none", heartbeat=2)
-    log = tmp_path / "a.log"
-    a = worker(["--study", "int", "--out", str(out), "--data", str(tiny_root), "--trials", "1"], tmp_path, log)
-    metrics = out / "trials" / "0000" / "fold0" / "metrics.csv"
-    deadline = time.time() + 240
-    while not (metrics.is_file() and len(runs.read_metrics(metrics.parent)) >= 1):  # mid-trial
-        assert a.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-        time.sleep(0.1)
+    out, a, log, metrics = worker_after_first_epoch(pipeline, tiny_root, tmp_path, "int")
     a.send_signal(signal.SIGINT)
     assert a.wait(timeout=60) != 0
     said = log.read_text()
