@@ -55,13 +55,28 @@ class LooRow:
     x: float  # 1 − agreement with the best of its references
 
 
+HUBER_K = 1.345  # Huber's constant (95 % efficiency on normal errors), in robust standard deviations
+
+
 def _ridge(x: np.ndarray, e: np.ndarray, slope: bool) -> tuple[float, float]:
-    """error ≈ a + b·x, ridge-shrunk towards 0 with PRIOR_SD (the noise variance from the errors themselves)."""
-    noise = max(float(np.var(e)), 0.005 ** 2)
+    """error ≈ a + b·x, ridge-shrunk towards 0 with PRIOR_SD, and robust (Huber weights, iterated): a ledger's
+    leave-one-out errors are heavy-tailed — the submission far better than every other one, left out, is
+    estimated far too low from them — and one such row must not set the correction for every NEW. The noise
+    variance and the Huber scale come from the errors themselves (the median absolute deviation)."""
     cols = [np.ones_like(x)] + ([x] if slope else [])
-    prior = [PRIOR_SD["a"]] + ([PRIOR_SD["b"]] if slope else [])
+    prior = np.array([PRIOR_SD["a"]] + ([PRIOR_SD["b"]] if slope else []))
     X = np.stack(cols, 1)
-    coef = np.linalg.solve(X.T @ X + np.diag([noise / p ** 2 for p in prior]), X.T @ e)
+    w = np.ones_like(e)
+    coef = np.zeros(len(cols))
+    for _ in range(20):
+        resid = e - X @ coef
+        scale = max(1.4826 * float(np.median(np.abs(resid - np.median(resid)))), 0.005)
+        w = np.minimum(1.0, HUBER_K * scale / np.maximum(np.abs(resid), 1e-12))
+        noise = max(float(np.average(resid ** 2, weights=w)), 0.005 ** 2)
+        new = np.linalg.solve(X.T @ (w[:, None] * X) + np.diag(noise / prior ** 2), X.T @ (w * e))
+        if np.allclose(new, coef, atol=1e-6):
+            break
+        coef = new
     return float(coef[0]), float(coef[1]) if slope else 0.0
 
 
