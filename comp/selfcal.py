@@ -11,8 +11,9 @@ k errors
 - widen the interval: the model's own interval holds the public-half luck; what the ledger shows beyond it
   is taken as extra variance growing with 1 − agreement (τ²·(1 − agreement), fitted by moments);
 - pit comp against the formula on the same ledger. Both are scored by honest leave-one-out errors (the
-  correction for submission i is fitted without i); the final estimate blends them with inverse-MSE
-  weights, so where the formula does better on this team's ledger it carries the estimate.
+  correction for submission i is fitted without i); the final estimate blends them with the weights of
+  least mean squared error (from the errors' second moments: a submission both miss alike does not decide
+  between them), so where the formula does better on this team's ledger it carries the estimate.
 """
 from __future__ import annotations
 
@@ -80,6 +81,17 @@ def _ridge(x: np.ndarray, e: np.ndarray, slope: bool) -> tuple[float, float]:
     return float(coef[0]), float(coef[1]) if slope else 0.0
 
 
+def blend_weight(comp_err: np.ndarray, formula_err: np.ndarray, ridge: float = 1e-6) -> float:
+    """comp's weight in the minimum mean-squared-error blend with the formula, from their leave-one-out errors'
+    second moments (bias included), clipped to [0, 1]. Unlike inverse-MSE weights it sees that the two err
+    together: a submission both miss alike (one far better than the rest) inflates both errors and says
+    nothing about which to lean on; it cancels here."""
+    e = np.stack([comp_err, formula_err])
+    s = e @ e.T / e.shape[1] + ridge * np.eye(2)
+    w = np.linalg.solve(s, np.ones(2))
+    return float(np.clip(w[0] / w.sum(), 0.0, 1.0))  # 1ᵀS⁻¹1 > 0: s is positive definite
+
+
 @dataclass
 class SelfCalibration:
     rows: list[LooRow]
@@ -110,8 +122,7 @@ class SelfCalibration:
         f = [(r.formula - r.truth) for r in rows if r.formula is not None]
         if len(f) == len(rows):
             cal.mae_formula = float(np.abs(f).mean())
-            mse_c, mse_f = float((honest ** 2).mean()), float(np.square(f).mean())
-            cal.weight_comp = (1 / max(mse_c, 1e-8)) / (1 / max(mse_c, 1e-8) + 1 / max(mse_f, 1e-8))
+            cal.weight_comp = blend_weight(honest, np.array(f))
         return cal
 
     def line(self) -> str:

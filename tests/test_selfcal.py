@@ -73,6 +73,18 @@ def test_when_the_formula_does_better_on_the_ledger_the_estimate_leans_on_it():
     assert abs(e.f1 - 0.45) < abs(e.f1 - 0.50) / 4 and e.self_check is None  # estimate_file sets the line
 
 
+def test_a_submission_both_miss_alike_does_not_hand_the_estimate_to_the_formula():
+    # comp misses by ~0.015, the formula by ~0.05, and both by -0.15 on the one far-better submission. That
+    # shared miss says nothing about which to lean on: comp keeps the estimate (inverse-MSE weights gave it
+    # ~2/3, pulling a far NEW 0.02-0.04 towards the formula's worse guess on the foreign pool).
+    rng = np.random.default_rng(1)
+    comp_err, formula_err = rng.normal(0, 0.015, 12), rng.normal(0.03, 0.05, 12)
+    comp_err[0], formula_err[0] = -0.15, -0.166
+    cal = SelfCalibration.fit(_rows(comp_err, formula_err, rng.uniform(0.35, 0.65, 12)))
+    assert cal.weight_comp > 0.9
+    assert cal.mae_formula > cal.mae_comp
+
+
 def test_the_interval_widens_to_the_leave_one_out_spread_where_new_is_far():
     rng = np.random.default_rng(1)
     x = rng.uniform(0.2, 0.4, 40)
