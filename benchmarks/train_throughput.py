@@ -230,7 +230,7 @@ ABLATION = {  # name: comp train --set overrides, on top of the COMMON setting
     "loader in the training process (0 workers)": ["data.workers=0"],
     "torch.compile": ["train.compile=true"],
     "bf16 autocast": ["train.mixed_precision=bf16"],
-    "stem + first 3 stages frozen (model.freeze=4)": ["model.freeze=4"],
+    "frozen trunk start (model.freeze=N)": ["model.freeze={freeze}"],
 }
 
 
@@ -248,7 +248,12 @@ def ablation_main(args):
     for col in ("setting", "images/s", "vs default", "data wait", "val macro F1"):
         table.add_column(col, justify="left" if col == "setting" else "right")
     base = None
+    wanted = [w.strip() for w in args.only.split(",")] if args.only else None
     for name, sets in ABLATION.items():
+        if wanted and not any(w in name for w in wanted):
+            continue
+        sets = [s.format(freeze=args.freeze) for s in sets]
+        name = name.replace("=N)", f"={args.freeze})")
         if "bf16" in name and not bf16_native() and not args.emulated_bf16:
             table.add_row(name, "skipped", "", "", "no native bf16 here (emulated: 10-20x slower)")
             continue
@@ -283,6 +288,8 @@ def main():
     sub.choices["ablation"].add_argument("--model", default=COMMON["model"], help="e.g. tf_efficientnet_lite0")
     sub.choices["ablation"].add_argument("--size", default=COMMON["size"])
     sub.choices["ablation"].add_argument("--batch", type=int, default=COMMON["batch"])
+    sub.choices["ablation"].add_argument("--freeze", type=int, default=4, help="model.freeze of the frozen row")
+    sub.choices["ablation"].add_argument("--only", help="rows whose name holds one of these words, e.g. default,frozen")
     sub.choices["ablation"].add_argument("--emulated-bf16", action="store_true", help="time bf16 even where emulated")
     args = ap.parse_args()
     {"loader": loader_main, "vs-timm": vs_timm_main, "ablation": ablation_main}[args.what](args)
