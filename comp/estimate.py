@@ -54,6 +54,7 @@ import numpy as np
 
 from .data import labels as L
 from .errors import CompError
+from .selfcal import combine
 from .submission import Submission, Twin, check_same_ids, common_images, read_submission, twin_of
 
 N = L.N_CLASSES
@@ -204,16 +205,6 @@ def f1_batch(y: np.ndarray, ans: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def acc_batch(y: np.ndarray, ans: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return 100.0 * ((y == ans[None, :]) & mask).sum(1) / np.maximum(mask.sum(1), 1)
-
-
-def combine(d: np.ndarray, ridge: float = 1e-9) -> np.ndarray:
-    """Minimum-variance weights (sum 1) for estimates whose errors have the columns of d (s, m)."""
-    m = d.shape[1]
-    if m == 1:
-        return np.ones(1)
-    c = np.cov(d, rowvar=False) + ridge * np.eye(m)
-    w = np.linalg.solve(c, np.ones(m))
-    return w / w.sum()
 
 
 # ------------------------------------------------------------------------------------------- results

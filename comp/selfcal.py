@@ -67,7 +67,6 @@ def _ridge(x: np.ndarray, e: np.ndarray, slope: bool) -> tuple[float, float]:
     cols = [np.ones_like(x)] + ([x] if slope else [])
     prior = np.array([PRIOR_SD["a"]] + ([PRIOR_SD["b"]] if slope else []))
     X = np.stack(cols, 1)
-    w = np.ones_like(e)
     coef = np.zeros(len(cols))
     for _ in range(20):
         resid = e - X @ coef
@@ -81,15 +80,23 @@ def _ridge(x: np.ndarray, e: np.ndarray, slope: bool) -> tuple[float, float]:
     return float(coef[0]), float(coef[1]) if slope else 0.0
 
 
+def combine(d: np.ndarray, ridge: float = 1e-9, centred: bool = True) -> np.ndarray:
+    """Minimum-variance weights (sum 1) for estimates whose errors have the columns of d (s, m); `centred=False`:
+    minimum mean-squared-error weights, from the errors' second moments (their bias included)."""
+    m = d.shape[1]
+    if m == 1:
+        return np.ones(1)
+    c = (np.cov(d, rowvar=False) if centred else d.T @ d / len(d)) + ridge * np.eye(m)
+    w = np.linalg.solve(c, np.ones(m))
+    return w / w.sum()
+
+
 def blend_weight(comp_err: np.ndarray, formula_err: np.ndarray, ridge: float = 1e-6) -> float:
     """comp's weight in the minimum mean-squared-error blend with the formula, from their leave-one-out errors'
     second moments (bias included), clipped to [0, 1]. Unlike inverse-MSE weights it sees that the two err
     together: a submission both miss alike (one far better than the rest) inflates both errors and says
     nothing about which to lean on; it cancels here."""
-    e = np.stack([comp_err, formula_err])
-    s = e @ e.T / e.shape[1] + ridge * np.eye(2)
-    w = np.linalg.solve(s, np.ones(2))
-    return float(np.clip(w[0] / w.sum(), 0.0, 1.0))  # 1ᵀS⁻¹1 > 0: s is positive definite
+    return float(np.clip(combine(np.stack([comp_err, formula_err], 1), ridge, centred=False)[0], 0.0, 1.0))
 
 
 @dataclass
