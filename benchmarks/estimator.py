@@ -3,6 +3,8 @@ on three pools of real predictions it must not flatter: it plays the leaderboard
 
     python benchmarks/estimator.py --data ../shared/datasets/utkmask [--work benchmarks/out/estimator]
         [--runs RUN ...] [--strong RUN ...] [--foreign DIR] [--no-train] [--pools comp,strong,foreign]
+    python benchmarks/estimator.py --summarize WORK/estimates-comp.csv OTHER/estimates-strong.csv ...
+        (the tables again, and the mean over pools played in separate runs)
 
 Pools (each scored against the answer key `eval_truth.csv`, the same scores as ../shared/lb/score.py):
 - comp:    comp's own quick recipes (`RECIPES`, trained on fold 0 unless --no-train) and any --runs, each
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -198,8 +201,11 @@ def main():
     ap.add_argument("--pools", default="comp,strong,foreign")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="Which quick recipes to train for the comp pool.")
     ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--summarize", type=Path, nargs="+", help="Only print the tables of saved estimates-POOL.csv files.")
     args = ap.parse_args()
     console = Console(width=220)
+    if args.summarize:
+        return summarize_files(args.summarize, console)
     truth = read_truth(args.data / "eval_truth.csv")
 
     def public_f1(path):
@@ -232,13 +238,33 @@ def main():
         per_pool[name] = {m: summarize(rs) for m, rs in rows.items()}
         console.print(table(f"{name} pool: {len(subs)} CSVs, public F1 {f1s.min():.3f}–{f1s.max():.3f} "
                             f"({time.time() - t:.0f}s)", per_pool[name]))
+    print_mean(per_pool, console)
+
+
+def print_mean(per_pool: dict[str, dict], console: Console) -> None:
     if len(per_pool) > 1:
-        mean = {m: {k: float(np.nanmean([per_pool[p][m][k] for p in per_pool])) for k in per_pool[next(iter(per_pool))][m]}
-                for m in MODES}
+        with warnings.catch_warnings():  # a column no pool has (no NEW beats its best anywhere) stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = {m: {k: float(np.nanmean([per_pool[p][m][k] for p in per_pool]))
+                        for k in per_pool[next(iter(per_pool))][m]} for m in MODES}
         for m in mean.values():
             for k in ("pairs", "close", "n_up", "n_down"):
                 m[k] = int(round(m[k] * len(per_pool)))  # totals over the pools
         console.print(table(f"mean over the {len(per_pool)} pools ({', '.join(per_pool)}); n = totals", mean))
+
+
+def summarize_files(paths: list[Path], console: Console) -> None:
+    """The tables again from saved `estimates-POOL.csv` files (pools played in separate runs included)."""
+    import pandas as pd
+
+    per_pool = {}
+    for path in paths:
+        df = pd.read_csv(path)
+        rows = {m: df[df["method"] == m].drop(columns="method").to_dict("records") for m in MODES}
+        name = path.stem.removeprefix("estimates-")
+        per_pool[name] = {m: summarize(rs) for m, rs in rows.items()}
+        console.print(table(f"{name} pool: {len(rows[MODES[0]])} CSVs ({path})", per_pool[name]))
+    print_mean(per_pool, console)
 
 
 if __name__ == "__main__":
