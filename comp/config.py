@@ -178,6 +178,8 @@ def _check_type(value: Any, tp: Any, key: str, source: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if tp is str and isinstance(value, bool):  # YAML 1.1 reads no/off/false as False: `mixed_precision: no`
+        value = "yes" if value else "no"
     if tp is float and isinstance(value, str) and _NUMBER.match(value):  # YAML 1.1 reads 1e-3 as a string
         value = float(value)
     if tp is float and isinstance(value, float) and not math.isfinite(value):

@@ -47,6 +47,14 @@ def test_sizes_read_as_width_by_height_never_as_hex():
     assert math.isclose(load_config(None, ["optim.lr=1"]).optim.lr, 1.0)  # ints become floats
 
 
+def test_the_documented_no_is_not_read_as_false(tmp_path):
+    # YAML 1.1 turns `no` into False; train.mixed_precision's off value is the string "no"
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    p = tmp_path / "fp32.yaml"
+    p.write_text("train:\n  mixed_precision: no\n")
+    assert load_config(p).train.mixed_precision == "no"
+
+
 @pytest.mark.parametrize("text, message", [
     ("- a\n- b\n", r"bad.yaml: a pipeline is a mapping of sections .*not a list"),
     ("model:\n  name: resnet18\n  name: resnet34\n", r"bad.yaml:3: not valid YAML \(key 'name' appears twice\)"),
