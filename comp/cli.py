@@ -77,12 +77,13 @@ def data_synth(
     seed: int = typer.Option(0, help="Same seed, byte-identical dataset."),
     label_noise: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of train people with a wrong recorded label."),
     force: bool = typer.Option(False, "--force", help="Replace an existing non-empty OUT."),
+    workers: int = typer.Option(1, min=1, help="Processes drawing the people (the files are the same for any number)."),
 ):
     """Write a synthetic dataset in the competition's exact layout, with its answer key."""
     from .data.synth import write_synth
 
     s = write_synth(out, people=people, eval_people=eval_people, size=_size(size), seed=seed,
-                    label_noise=label_noise, force=force)
+                    label_noise=label_noise, force=force, workers=workers)
     console.print(f"wrote {s.root}: {s.train_people} train people / {s.train_images} images, "
                   f"{s.eval_images} eval images + eval_truth.csv in {s.seconds:.1f}s")
 

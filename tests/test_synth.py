@@ -88,6 +88,12 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(tmp_path, small):
     assert set(_digests(a.root).values()).isdisjoint(digests_b.values())
 
 
+def test_several_processes_write_the_same_bytes(tmp_path, small):
+    # a 2700-person set at 384x512 takes ~11 minutes on one core: the benchmark draws it on all of them
+    par = write_synth(tmp_path / "par", people=20, eval_people=6, size=TINY, seed=3, workers=2)
+    assert _digests(par.root) == _digests(small.root)
+
+
 def test_adding_people_keeps_the_earlier_ones(tmp_path, small):
     more = write_synth(tmp_path / "more", people=24, eval_people=6, size=TINY, seed=3)
     _, rows_small = _rows(small.root / "train" / "train.csv")
@@ -143,7 +149,7 @@ def test_existing_folder_is_refused_without_force(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"label_noise": 1.5}, {"people": 0}, {"eval_people": 0}, {"size": (8, 8)}, {"seed": -1},
+    {"label_noise": 1.5}, {"people": 0}, {"eval_people": 0}, {"size": (8, 8)}, {"seed": -1}, {"workers": 0},
 ])
 def test_bad_arguments_raise_comp_error(tmp_path, kwargs):
     with pytest.raises(CompError):

@@ -686,17 +686,40 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         writer.writerows(rows)
 
 
-def _write_train(root: Path, seed: int, people: int, size: tuple[int, int], label_noise: float) -> int:
+def _person_shots(job: tuple[int, int, int, bool, tuple[int, int]]) -> tuple[Person, list[tuple[str, bytes]]]:
+    """One person and their seven JPEGs: everything drawn from the person's own streams, so people can be
+    made in any order, in any process, and the bytes stay the same."""
+    seed, role, index, noisy, size = job
+    person = _sample_person(seed, role, index, noisy)
+    return person, list(_photos(seed, role, index, person, size))
+
+
+def _people(seed: int, role: int, people: int, size: tuple[int, int], noisy: set[int], workers: int):
+    """(index, person, shots) in index order, drawn by `workers` processes (1: this one)."""
+    jobs = [(seed, role, i, i in noisy, size) for i in range(people)]
+    if workers <= 1 or people < 2 * workers:
+        yield from ((i, *_person_shots(j)) for i, j in enumerate(jobs))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the caller may hold threads (torch's, a progress bar's) that a fork would copy mid-lock
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        chunk = max(1, min(16, people // (4 * workers)))
+        yield from ((i, *r) for i, r in enumerate(pool.map(_person_shots, jobs, chunksize=chunk)))
+
+
+def _write_train(root: Path, seed: int, people: int, size: tuple[int, int], label_noise: float,
+                 workers: int = 1) -> int:
     noisy = _noisy_people(seed, people, label_noise)
     rows = []
-    for i in range(people):
-        person = _sample_person(seed, TRAIN, i, i in noisy)
+    for i, person, shots in _people(seed, TRAIN, people, size, noisy, workers):
         pid, gender = f"{i + 1:06d}", GENDERS[person.recorded_gender]
         folder = f"{pid}_{gender}_{person.race}_{person.recorded_age}"
         rows.append([pid, gender, person.race, person.recorded_age, folder])
         out = root / "train" / "images" / folder
         out.mkdir(parents=True)
-        for stem, data in _photos(seed, TRAIN, i, person, size):
+        for stem, data in shots:
             (out / f"{stem}.jpg").write_bytes(data)
     _write_csv(root / "train" / "train.csv", ["id", "gender", "race", "age", "path"], rows)
     return people * len(MASK_STEMS)
@@ -706,13 +729,12 @@ def _eval_image_id(seed: int, index: int) -> str:
     return hashlib.sha1(f"comp-synth-eval:{seed}:{index}".encode()).hexdigest() + ".jpg"
 
 
-def _write_eval(root: Path, seed: int, people: int, size: tuple[int, int]) -> int:
+def _write_eval(root: Path, seed: int, people: int, size: tuple[int, int], workers: int = 1) -> int:
     images = root / "eval" / "images"
     images.mkdir(parents=True)
     bins, truth = AgeBins(), []
-    for j in range(people):
-        person = _sample_person(seed, EVAL, j, noisy=False)
-        for stem, data in _photos(seed, EVAL, j, person, size):
+    for _, person, shots in _people(seed, EVAL, people, size, set(), workers):
+        for stem, data in shots:
             image_id = _eval_image_id(seed, len(truth))
             (images / image_id).write_bytes(data)
             truth.append((image_id, encode(STEM_TO_MASK[stem], person.gender, bins.group(person.age))))
@@ -725,8 +747,10 @@ def _write_eval(root: Path, seed: int, people: int, size: tuple[int, int]) -> in
     return len(truth)
 
 
-def _check_args(people, eval_people, size, seed, label_noise) -> tuple[int, int]:
+def _check_args(people, eval_people, size, seed, label_noise, workers=1) -> tuple[int, int]:
     problems = []
+    if not isinstance(workers, int) or workers < 1:
+        problems.append(f"workers must be a positive integer, got {workers!r}")
     if not isinstance(people, int) or people < 1:
         problems.append(f"people must be a positive integer, got {people!r}")
     if not isinstance(eval_people, int) or eval_people < 1:
@@ -743,15 +767,16 @@ def _check_args(people, eval_people, size, seed, label_noise) -> tuple[int, int]
 
 
 def write_synth(out, people: int = 120, eval_people: int = 40, size: tuple[int, int] = (96, 128),
-                seed: int = 0, label_noise: float = 0.0, force: bool = False) -> SynthSummary:
+                seed: int = 0, label_noise: float = 0.0, force: bool = False, workers: int = 1) -> SynthSummary:
     """Write a synthetic dataset in the competition layout to `out` (see the module docstring):
     train/train.csv, train/images/<id>_<gender>_<race>_<age>/<7 shots>.jpg, eval/info.csv,
     eval/images/<sha1>.jpg and eval_truth.csv. `size` is (width, height). An existing non-empty
-    `out` is refused unless `force`; a failed run leaves nothing behind."""
-    size = _check_args(people, eval_people, size, seed, label_noise)
+    `out` is refused unless `force`; a failed run leaves nothing behind. `workers` processes draw the
+    people (~35 ms a photo at 384x512 on one core); the files are the same for any number."""
+    size = _check_args(people, eval_people, size, seed, label_noise, workers)
     start = time.perf_counter()
     root = Path(out)
     with atomic_dir(root, force=force) as tmp:
-        train_images = _write_train(tmp, seed, people, size, label_noise)
-        eval_images = _write_eval(tmp, seed, eval_people, size)
+        train_images = _write_train(tmp, seed, people, size, label_noise, workers)
+        eval_images = _write_eval(tmp, seed, eval_people, size, workers)
     return SynthSummary(root, people, train_images, eval_images, time.perf_counter() - start)
