@@ -1,4 +1,4 @@
-"""Training throughput, three ways, each measured against a baseline in the same run:
+"""Training throughput, four ways, each measured against a baseline in the same run:
 
     python benchmarks/train_throughput.py loader   [--data ROOT] [--size 96x128] [--workers 2] [--model resnet10t]
         the official baseline's loader (PIL decode + resize every epoch) against comp's loader (decode once
@@ -10,6 +10,12 @@
     python benchmarks/train_throughput.py ablation --data ROOT [--people 400] [--epochs 1] [--model M --size WxH]
         `comp train` one setting changed at a time (precision, channels_last, compile, loader workers, frozen
         stem and first stages): training images/s and validation macro F1.
+    python benchmarks/train_throughput.py gpu [--people 2700] [--model tf_efficientnet_lite2] [--size 288x384]
+        [--precision bf16] [--baseline no] [--batch 64] [--workers N]
+        the GPU profile (issues 15 and 18): a synthetic set at 384x512 drawn on every core, `comp train` one
+        epoch with the GPU visible, then the same in --baseline precision (fp32): images/s and the ratio,
+        share of time waiting for data, peak memory, GPU utilisation.
+        On a machine without a GPU it runs on the CPU (a smoke test: --people 12 --size 64x85 --model resnet10t).
 
 Without --data, `loader` synthesises 60 people at the competition's 384x512 into a temporary folder.
 Threads: every process gets the same OMP_NUM_THREADS (default: the machine's cores).
@@ -17,6 +23,7 @@ Threads: every process gets the same OMP_NUM_THREADS (default: the machine's cor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -192,6 +199,86 @@ def run_comp(root: Path, out: Path, sets: list[str], env: dict) -> dict:
             "data_wait": float(m["data_wait"])}
 
 
+class GpuSampler:
+    """nvidia-smi's utilisation and memory, sampled every 0.5 s in the background (nothing without nvidia-smi)."""
+
+    def __enter__(self):
+        import shutil
+        import threading
+
+        self.samples, self.proc = [], None
+        if shutil.which("nvidia-smi"):
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
+                                          "--format=csv,noheader,nounits", "-lms", "500"],
+                                         stdout=subprocess.PIPE, text=True)
+            self.thread = threading.Thread(target=self._read, daemon=True)
+            self.thread.start()
+        return self
+
+    def _read(self):
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                util, mem = (float(v) for v in line.split(",")[:2])
+                self.samples.append((time.time(), util, mem))
+
+    def __exit__(self, *exc):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait()
+
+    def busy(self) -> dict | None:
+        """Mean utilisation from the first busy sample on (the decode cache is built before it), and the most
+        memory nvidia-smi saw (the process's whole footprint, CUDA context included)."""
+        first = next((k for k, (_, u, _) in enumerate(self.samples) if u > 0), None)
+        if first is None:
+            return None
+        s = self.samples[first:]
+        return {"util": sum(u for _, u, _ in s) / len(s), "smi_mem_gib": max(m for _, _, m in s) / 1024}
+
+
+def gpu_main(args):
+    """The GPU profile: a synthetic set of --people at the competition's 384x512, drawn on every core, then
+    `comp train` of one epoch on fold 0 with the GPU visible: training images/s, share of the epoch spent
+    waiting for data, peak memory (torch's and nvidia-smi's), mean GPU utilisation."""
+    from comp.data.synth import write_synth
+
+    console = Console(width=160)
+    COMMON.update(model=args.model, size=args.size, batch=args.batch)
+    tmp = Path(args.work or tempfile.mkdtemp(prefix="comp-gpu-"))
+    root = tmp / "data"
+    if not (root / "train" / "train.csv").is_file():
+        t = time.perf_counter()
+        s = write_synth(root, people=args.people, eval_people=args.eval_people, size=(384, 512), seed=0,
+                        workers=os.cpu_count() or 1, force=True)
+        console.print(f"synthetic set: {s.train_images} train images of {args.people} people in "
+                      f"{time.perf_counter() - t:.0f}s ({os.cpu_count()} processes)")
+    env = {k: v for k, v in bench_env(args.threads).items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["COMP_CACHE_DIR"] = str(tmp / "cache")
+    table = Table(title=f"comp train, one epoch: {args.model} {args.size} b{args.batch}, {args.people} people, "
+                        f"{args.workers} loader workers, {torch.cuda.device_count()} GPU(s)")
+    for col in ("precision", "images/s", "vs baseline", "data wait", "peak GiB (torch)", "peak GiB (nvidia-smi)",
+                "GPU util", "epoch s", "run s"):
+        table.add_column(col, justify="right")
+    precisions = [args.precision] + ([args.baseline] if args.baseline != "none" else [])
+    results = []
+    for k, precision in enumerate(precisions):
+        sets = [f"train.mixed_precision={precision}", f"data.workers={args.workers}", "model.channels_last=true"]
+        with GpuSampler() as smi:
+            c = run_comp(root, tmp / f"run{k}", [*sets, *args.set], env)
+        c["gpu"], c["metrics"] = smi.busy(), pd.read_csv(tmp / f"run{k}" / "fold0" / "metrics.csv").iloc[-1]
+        results.append(c)
+        console.print(f"{precision}: {c['images_per_s']:.0f} images/s, data wait {c['data_wait']:.0%}")
+    base = results[-1]["images_per_s"]
+    for k, (precision, c) in enumerate(zip(precisions, results, strict=True)):
+        m, gpu = c["metrics"], c["gpu"]
+        table.add_row(precision + (" (baseline)" if k and len(results) > 1 else ""), f"{c['images_per_s']:.0f}",
+                      f"{c['images_per_s'] / base:.2f}x", f"{c['data_wait']:.0%}",
+                      f"{m['gpu_peak_gib']:.1f}" if "gpu_peak_gib" in m else "—",
+                      f"{gpu['smi_mem_gib']:.1f}" if gpu else "—", f"{gpu['util']:.0f} %" if gpu else "—",
+                      f"{m['seconds']:.0f}", f"{c['wall_s']:.0f}" + (" (cache built)" if k == 0 else ""))
+    console.print(table)
+
+
 def bench_env(threads: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OMP_WAIT_POLICY")}
     return {**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "",
@@ -291,8 +378,20 @@ def main():
     sub.choices["ablation"].add_argument("--freeze", type=int, default=4, help="model.freeze of the frozen row")
     sub.choices["ablation"].add_argument("--only", help="rows whose name holds one of these words, e.g. default,frozen")
     sub.choices["ablation"].add_argument("--emulated-bf16", action="store_true", help="time bf16 even where emulated")
+    g = sub.add_parser("gpu")
+    g.add_argument("--people", type=int, default=2700, help="synthetic train people (7 photos each, 384x512)")
+    g.add_argument("--eval-people", type=int, default=10)
+    g.add_argument("--model", default="tf_efficientnet_lite2")
+    g.add_argument("--size", default="288x384")
+    g.add_argument("--batch", type=int, default=64)
+    g.add_argument("--precision", default="bf16", help="train.mixed_precision: bf16 | fp16 | no | auto")
+    g.add_argument("--baseline", default="no", help="the precision timed after it for the ratio (none: skip)")
+    g.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2), help="loader processes")
+    g.add_argument("--threads", type=int, default=4, help="OMP threads of the training process")
+    g.add_argument("--work", type=Path, help="keep the synthetic set and cache here (default: a temporary folder)")
+    g.add_argument("--set", action="append", default=[], help="extra comp --set")
     args = ap.parse_args()
-    {"loader": loader_main, "vs-timm": vs_timm_main, "ablation": ablation_main}[args.what](args)
+    {"loader": loader_main, "vs-timm": vs_timm_main, "ablation": ablation_main, "gpu": gpu_main}[args.what](args)
 
 
 if __name__ == "__main__":

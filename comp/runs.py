@@ -47,6 +47,7 @@ from .weights import norm_metadata
 CHECKPOINTS = ("best", "last")
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "val_loss", "f1", "f1_mask", "f1_gender", "f1_age", "acc",
                   "seconds", "images_per_s", "data_wait"]
+GPU_METRIC_COLUMNS = ["gpu_peak_gib"]  # peak memory allocated during the epoch (torch.cuda.max_memory_allocated)
 
 
 def bins_of(cfg: Config) -> L.AgeBins:
@@ -189,7 +190,8 @@ def read_fold_validation(fold: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def write_metrics(fold: Path, history: list[dict]) -> None:
     with atomic_write(fold / "metrics.csv", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        gpu = [c for c in GPU_METRIC_COLUMNS if any(c in h for h in history)]  # only runs on a GPU have them
+        w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS + gpu, extrasaction="ignore")
         w.writeheader()
         w.writerows(history)
 

@@ -175,3 +175,14 @@ def test_losses():
     assert soft_f1(-perfect, mixup_target(torch.arange(6), 18)) > 0.99
     with pytest.raises(CompError, match="loss.terms=.dice. is not a known loss; choose one of ce, focal, soft_f1"):
         Criterion(load_config(None, ["loss.terms={dice: 1}"]).loss, Head("multiclass"))
+
+
+def test_metrics_file_has_the_gpu_memory_column_only_when_trained_on_a_gpu(tmp_path):
+    from comp import runs
+
+    row = {c: 1.0 for c in runs.METRIC_COLUMNS}
+    runs.write_metrics(tmp_path, [row])
+    assert list(runs.read_metrics(tmp_path).columns) == runs.METRIC_COLUMNS
+    runs.write_metrics(tmp_path, [row, row | {"gpu_peak_gib": 3.5}])  # what engine.train_fold adds on CUDA
+    m = runs.read_metrics(tmp_path)
+    assert list(m.columns) == runs.METRIC_COLUMNS + ["gpu_peak_gib"] and m["gpu_peak_gib"].iloc[-1] == 3.5

@@ -135,8 +135,11 @@ def train_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, resume: bool
         acc.init_trackers(cfg.name, config=cfg.flat() | {"fold": fold})
     say = ui.console.print if acc.is_main_process else (lambda *a, **k: None)
     bar = ui.make_progress() if acc.is_main_process else None
+    cuda = acc.device.type == "cuda"
     for epoch in range(state.epoch, cfg.train.epochs):
         e0 = time.time()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(acc.device)
         with bar or contextlib.nullcontext():
             train_loss, data_wait = train_one_epoch(f, epoch, bar)
         train_seconds = time.time() - e0
@@ -145,6 +148,8 @@ def train_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, resume: bool
                "seconds": time.time() - e0,
                "images_per_s": len(f.train_loader) * f.train_loader.total_batch_size / max(train_seconds, 1e-9),
                "data_wait": data_wait}
+        if cuda:  # what a larger batch or input size has left to use
+            row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(acc.device) / 2 ** 30
         improved = state.record(row)
         acc.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
         save_epoch(f, probs, rows, improved)
