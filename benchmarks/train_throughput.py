@@ -196,7 +196,7 @@ def run_comp(root: Path, out: Path, sets: list[str], env: dict) -> dict:
         raise SystemExit(f"comp train failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
     m = pd.read_csv(out / "fold0" / "metrics.csv").iloc[-1]
     return {"images_per_s": float(m["images_per_s"]), "wall_s": wall, "f1": float(m["f1"]),
-            "data_wait": float(m["data_wait"])}
+            "data_wait": float(m["data_wait"]), "metrics": m}
 
 
 class GpuSampler:
@@ -219,7 +219,7 @@ class GpuSampler:
         for line in self.proc.stdout:
             with contextlib.suppress(ValueError):
                 util, mem = (float(v) for v in line.split(",")[:2])
-                self.samples.append((time.time(), util, mem))
+                self.samples.append((util, mem))
 
     def __exit__(self, *exc):
         if self.proc:
@@ -229,11 +229,11 @@ class GpuSampler:
     def busy(self) -> dict | None:
         """Mean utilisation from the first busy sample on (the decode cache is built before it), and the most
         memory nvidia-smi saw (the process's whole footprint, CUDA context included)."""
-        first = next((k for k, (_, u, _) in enumerate(self.samples) if u > 0), None)
+        first = next((k for k, (u, _) in enumerate(self.samples) if u > 0), None)
         if first is None:
             return None
         s = self.samples[first:]
-        return {"util": sum(u for _, u, _ in s) / len(s), "smi_mem_gib": max(m for _, _, m in s) / 1024}
+        return {"util": sum(u for u, _ in s) / len(s), "smi_mem_gib": max(m for _, m in s) / 1024}
 
 
 def gpu_main(args):
@@ -265,7 +265,7 @@ def gpu_main(args):
         sets = [f"train.mixed_precision={precision}", f"data.workers={args.workers}", "model.channels_last=true"]
         with GpuSampler() as smi:
             c = run_comp(root, tmp / f"run{k}", [*sets, *args.set], env)
-        c["gpu"], c["metrics"] = smi.busy(), pd.read_csv(tmp / f"run{k}" / "fold0" / "metrics.csv").iloc[-1]
+        c["gpu"] = smi.busy()
         results.append(c)
         console.print(f"{precision}: {c['images_per_s']:.0f} images/s, data wait {c['data_wait']:.0%}")
     base = results[-1]["images_per_s"]
