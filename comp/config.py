@@ -87,6 +87,7 @@ class LossConfig:
     label_smoothing: float = _in(0.0, 0, 1, below=True)  # also applied to Mixup/CutMix targets
     focal_gamma: float = _in(2.0, 0)  # focusing power of the focal term
     class_weights: str = "none"  # none | inverse | sqrt of the train class counts (per head with multitask)
+    age_sigma: float = _in(0.0, 0)  # years: train on age groups softened by this error on the recorded age (0: off)
 
 
 @dataclass

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
 from timm.data.mixup import mixup_target
 
 from comp import runs
@@ -17,6 +18,7 @@ from comp.train import engine
 from comp.train.engine import train, train_one_epoch
 from comp.train.factory import build_fold, create_scheduler
 from comp.train.losses import Criterion, class_weights
+from comp.train.targets import Targets, age_distribution, create_mixup, target_table
 
 from .conftest import tiny_cfg
 
@@ -24,6 +26,17 @@ from .conftest import tiny_cfg
 def fold_of(root, out, *extra, fold=0):
     cfg = tiny_cfg(root, *extra)
     return build_fold(cfg, runs.train_frame(cfg), fold, out, [])
+
+
+def spy_targets(f) -> list[torch.Tensor]:
+    """The targets the loop hands to the loss, batch by batch."""
+    seen, real = [], f.criterion
+
+    def spy(logits, target):
+        seen.append(target.clone())
+        return real(logits, target)
+    f.criterion = spy
+    return seen
 
 
 def params(model) -> dict[str, torch.Tensor]:
@@ -147,13 +160,8 @@ def test_multitask_heads_learn_the_marginals_of_mixed_targets():
 @pytest.mark.parametrize("mix", ["mixup.mixup_alpha=0.4", "mixup.cutmix_alpha=1.0"])
 def test_the_loop_trains_on_mixed_targets_until_off_epoch(tiny_root, tmp_path, mix):
     f = fold_of(tiny_root, tmp_path, mix, "loss.label_smoothing=0.1", "mixup.off_epoch=1")
-    assert f.mixup.label_smoothing == 0.1 and f.mixup.num_classes == 18
-    seen, real = [], f.criterion
-
-    def spy(logits, target):
-        seen.append(target.clone())
-        return real(logits, target)
-    f.criterion = spy
+    assert f.targets.mixup is not None and f.targets.smoothing == 0.1
+    seen = spy_targets(f)
     train_one_epoch(f, 0)
     mixed = torch.cat(seen)
     assert torch.allclose(mixed.sum(1), torch.ones(len(mixed)))
@@ -162,6 +170,46 @@ def test_the_loop_trains_on_mixed_targets_until_off_epoch(tiny_root, tmp_path, m
     train_one_epoch(f, 1)  # mixup.off_epoch=1: clean, smoothed one-hot targets from epoch 1 on
     clean = torch.cat(seen)
     assert ((clean > 0.1 / 18 + 1e-6).sum(1) == 1).all() and torch.allclose(clean.max(1).values, torch.tensor(0.9 + 0.1 / 18))
+
+
+@pytest.mark.parametrize("cutmix", [0.0, 1.0])
+def test_mixing_batch_rows_gives_exactly_timms_mixed_targets(cutmix):
+    y = torch.tensor([0, 4, 9, 17, 3, 3])
+    x = torch.randn(6, 3, 8, 8)
+    kw = dict(mixup_alpha=0.4, cutmix_alpha=cutmix, prob=1.0, switch_prob=0.5)
+    np.random.seed(3)
+    x_timm, t_timm = Mixup(**kw, label_smoothing=0.1, num_classes=18)(x.clone(), y)
+    ours = Targets(target_table(y.numpy(), None, L.AgeBins(), 0.0), 0.1,
+                   create_mixup(load_config(None, [f"mixup.{k}={v}" for k, v in kw.items()]).mixup, 8))
+    np.random.seed(3)
+    x_ours, t_ours = ours(x.clone(), torch.arange(6))
+    assert torch.equal(x_ours, x_timm) and torch.allclose(t_ours, t_timm, atol=1e-6)
+
+
+def test_softened_ages_share_mass_across_the_nearest_boundary_only():
+    dist = age_distribution(np.array([59, 60, 45, 29, 20]), L.AgeBins(), sigma=2.0)
+    assert np.allclose(dist.sum(1), 1)
+    assert 0.3 < dist[0, 2] < 0.5 and dist[0, 1] > 0.5  # 59: mostly 30-59, a good share >=60
+    assert 0.3 < dist[1, 1] < 0.5 and dist[1, 2] > 0.5  # 60: the mirror image
+    assert dist[2, 1] > 0.999  # 45 is 30-59 whatever the error
+    assert dist[3, 0] > 0.5 and dist[3, 1] > 0.3 and dist[3, 2] < 1e-6
+    assert np.array_equal(age_distribution(np.array([59, 60, 45]), L.AgeBins(), 0.0), np.eye(3)[[1, 2, 1]])
+    assert age_distribution(np.array([57]), L.AgeBins(old_from=58), 2.0)[0, 2] > 0.3  # follows data.old_from
+    table = target_table(np.array([L.encode(2, 1, 1)]), np.array([59]), L.AgeBins(), 2.0)
+    assert torch.isclose(table.sum(), torch.tensor(1.0))
+    assert set(torch.nonzero(table[0] > 1e-6).flatten().tolist()) == {L.encode(2, 1, 1), L.encode(2, 1, 2)}  # same mask, gender
+
+
+def test_the_loop_trains_on_softened_ages(tiny_root, tmp_path):
+    f = fold_of(tiny_root, tmp_path, "loss.age_sigma=3", "loss.label_smoothing=0")
+    seen = spy_targets(f)
+    train_one_epoch(f, 0)
+    t = torch.cat(seen)
+    assert ((t > 0.05).sum(1) == 2).any()  # people near an age boundary train on two groups
+    assert torch.cdist(t, f.targets.table).min(1).values.max() < 1e-6  # each is its image's softened row
+    df = runs.train_frame(tiny_cfg(tiny_root))
+    recorded = df.loc[df["fold"] != 0, "label"].to_numpy()
+    assert np.array_equal(f.targets.table.argmax(1).numpy(), recorded)  # the recorded group keeps the most mass
 
 
 def test_flip_tta_is_the_mean_over_the_image_and_its_mirror():

@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from timm.data.mixup import mixup_target
 
 from .. import metrics, runs, ui
 from ..config import Config
-from ..data import labels as L
 from ..errors import CompError
 from ..inference import predict_probs
 from .factory import Fold, build_fold, check_config, trackers, unwrap
@@ -47,8 +45,8 @@ def train_one_epoch(f: Fold, epoch: int, bar=None) -> tuple[float, float]:
     share of the epoch spent waiting for the next batch (the loader's cost, when it cannot keep up)."""
     acc, m, state = f.accelerator, f.cfg.mixup, f.state
     f.train_loader.set_epoch(epoch)  # Accelerate passes it on to our sampler (which draws the order from it)
-    if f.mixup is not None:
-        f.mixup.mixup_enabled = not (m.off_epoch and epoch >= m.off_epoch)
+    if f.targets.mixup is not None:
+        f.targets.mixup.mixup_enabled = not (m.off_epoch and epoch >= m.off_epoch)
     f.model.train()
     for m in f.frozen:
         m.eval()
@@ -58,14 +56,10 @@ def train_one_epoch(f: Fold, epoch: int, bar=None) -> tuple[float, float]:
                         info="") if bar else None
     start = waiting_since = time.perf_counter()
     waited = 0.0
-    for i, (x, y, _) in enumerate(f.train_loader):
+    for i, (x, _, rows) in enumerate(f.train_loader):
         waited += time.perf_counter() - waiting_since
         with acc.accumulate(f.model):
-            x = f.normalize(x)
-            if f.mixup is not None and f.mixup.mixup_enabled:
-                x, target = f.mixup(x, y)
-            else:
-                target = mixup_target(y, L.N_CLASSES, smoothing=f.cfg.loss.label_smoothing)
+            x, target = f.targets(f.normalize(x), rows)
             with acc.autocast():
                 loss = f.criterion(f.model(x), target)
             unchecked.append((state.step + 1, loss.detach()))

@@ -16,11 +16,10 @@ import timm.optim
 import torch
 from accelerate import Accelerator
 from accelerate.utils import PrecisionType
-from timm.data import Mixup
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
-from ..config import Config, MixupConfig, SchedConfig
+from ..config import Config, SchedConfig
 from ..data import labels as L
 from ..data.augment import PRESETS, build_augment
 from ..data.cache import CACHE_MODES, build_store
@@ -33,6 +32,7 @@ from ..models import HEADS, Head, check_freeze, check_model_name, create_model, 
 from ..registry import Registry
 from ..weights import check_weights
 from .losses import CLASS_WEIGHTS, LOSSES, Criterion
+from .targets import Targets, create_mixup, target_table
 
 # name → arguments of timm's create_scheduler_v2; every schedule starts with sched.warmup_epochs of warm-up
 SCHEDULES = Registry("LR schedule", "sched.name")
@@ -108,13 +108,6 @@ def create_scheduler(optimizer: torch.optim.Optimizer, sc: SchedConfig, epochs: 
     return scheduler
 
 
-def create_mixup(m: MixupConfig, label_smoothing: float) -> Mixup | None:
-    if m.mixup_alpha <= 0 and m.cutmix_alpha <= 0:
-        return None
-    return Mixup(mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha, prob=m.prob, switch_prob=m.switch_prob,
-                 label_smoothing=label_smoothing, num_classes=L.N_CLASSES)
-
-
 class _Subset(torch.utils.data.Dataset):
     """Rows `index` of a dataset; (i, seed) items from the sampler keep their seed. Yields local indices."""
 
@@ -148,6 +141,13 @@ def create_loaders(cfg: Config, df: pd.DataFrame, fold: int):
     train_loader = make_loader(train_ds, batch, c.workers, sampler=sampler, drop_last=True)
     val_loader = make_loader(_Subset(ImageDataset(store, labels), va_idx), cfg.predict.batch_size, c.workers)
     return train_loader, val_loader, tr_idx, va_idx
+
+
+def create_targets(cfg: Config, df: pd.DataFrame, tr_idx: np.ndarray) -> Targets:
+    bins = L.AgeBins(cfg.data.young_below, cfg.data.old_from)
+    table = target_table(df["label"].to_numpy()[tr_idx], df["age"].to_numpy()[tr_idx], bins, cfg.loss.age_sigma)
+    # Mixup mixes batch positions: no batch is larger than train.batch_size
+    return Targets(table, cfg.loss.label_smoothing, create_mixup(cfg.mixup, cfg.train.batch_size))
 
 
 @dataclass
@@ -191,7 +191,7 @@ class Fold:
     optimizer: torch.optim.Optimizer
     scheduler: object
     criterion: Criterion
-    mixup: Mixup | None
+    targets: Targets  # a batch's soft targets (Mixup/CutMix, label smoothing, softened ages)
     ema: ModelEmaV3 | None
     normalize: Normalizer
     train_loader: torch.utils.data.DataLoader
@@ -242,5 +242,6 @@ def build_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, log_with: li
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state, *([ema] if ema else []))
     return Fold(cfg, fold, out, accelerator, model, head, optimizer, scheduler,
-                Criterion(cfg.loss, head, df["label"].to_numpy()[tr_idx]), create_mixup(cfg.mixup, cfg.loss.label_smoothing),
+                Criterion(cfg.loss, head, df["label"].to_numpy()[tr_idx]),
+                create_targets(cfg, df, tr_idx),
                 ema, normalize, train_loader, val_loader, va_idx, torch.as_tensor(df["label"].to_numpy()[va_idx]), state, frozen)
