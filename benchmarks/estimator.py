@@ -18,6 +18,8 @@ Pools (each scored against the answer key `eval_truth.csv`, the same scores as .
 Each CSV of a pool is NEW once, with the other CSVs of its pool as what the team has already scored:
 - 1 ref:   the best other CSV alone (no ledger); `+ self-check`: the others also form the ledger, so the
            leave-one-out correction and the winner's curse apply;
+- 2 refs:  the best two others, no ledger: the two scores the formula's "1 ref" row uses (its c comes from
+           the second), so comp and the formula compared on the same information;
 - best 3:  the best three others, with the ledger's self-check;
 - ledger:  every other scored CSV known (`comp estimate` in ledger mode: the best 5 as references, the
            self-check and winner's curse from all of them).
@@ -115,7 +117,7 @@ def make_csvs(data: Path, work: Path, extra_runs: list[Path], train: bool, conso
 
 
 ORACLE = "oracle: all labels known"
-MODES = ["comp, 1 ref", "comp, 1 ref + self-check", "comp, best 3 + self-check", "comp, ledger",
+MODES = ["comp, 1 ref", "comp, 2 refs (the formula's 1-ref scores)", "comp, 1 ref + self-check", "comp, best 3 + self-check", "comp, ledger",
          "team formula, 1 ref", "team formula, ledger", ORACLE]
 
 
@@ -135,7 +137,8 @@ def play(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, console
             rows[mode].append(base | {"est": est, "lo": lo, "hi": hi,
                                       "beats": (est > best.f1) if p_better is None else p_better > 0.5})
 
-        for mode, use, ledger in (("comp, 1 ref", others[:1], []), ("comp, 1 ref + self-check", others[:1], others),
+        for mode, use, ledger in (("comp, 1 ref", others[:1], []), (MODES[1], others[:2], []),
+                                  ("comp, 1 ref + self-check", others[:1], others),
                                   ("comp, best 3 + self-check", others[:3], others), ("comp, ledger", others, others)):
             e = estimate_with_ledger(subs[new], use, ledger, prior, samples, memo=memo, twins=twins)
             add(mode, e.f1, *e.f1_interval, e.p_better)
@@ -245,8 +248,9 @@ def print_mean(per_pool: dict[str, dict], console: Console) -> None:
     if len(per_pool) > 1:
         with warnings.catch_warnings():  # a column no pool has (no NEW beats its best anywhere) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
+            modes = [m for m in MODES if all(m in pool for pool in per_pool.values())]
             mean = {m: {k: float(np.nanmean([per_pool[p][m][k] for p in per_pool]))
-                        for k in per_pool[next(iter(per_pool))][m]} for m in MODES}
+                        for k in per_pool[next(iter(per_pool))][m]} for m in modes}
         for m in mean.values():
             for k in ("pairs", "close", "n_up", "n_down"):
                 m[k] = int(round(m[k] * len(per_pool)))  # totals over the pools
@@ -262,7 +266,7 @@ def summarize_files(paths: list[Path], console: Console) -> None:
         df = pd.read_csv(path)
         rows = {m: df[df["method"] == m].drop(columns="method").to_dict("records") for m in MODES}
         name = path.stem.removeprefix("estimates-")
-        per_pool[name] = {m: summarize(rs) for m, rs in rows.items()}
+        per_pool[name] = {m: summarize(rs) for m, rs in rows.items() if rs}  # files from before a mode existed
         console.print(table(f"{name} pool: {len(rows[MODES[0]])} CSVs ({path})", per_pool[name]))
     print_mean(per_pool, console)
 
