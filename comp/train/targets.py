@@ -64,7 +64,9 @@ class Targets:
         self.table, self.smoothing, self.mixup = table, smoothing, mixup
 
     def __call__(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        target = self.table[rows.cpu()].to(x.device)
+        if self.table.device != x.device:  # once: indexing on the device costs no host sync per step
+            self.table = self.table.to(x.device)
+        target = self.table[rows.to(x.device)]
         if self.mixup is not None and self.mixup.mixup_enabled:
             b = len(x)
             x, mixing = self.mixup(x, torch.arange(b, device=x.device))
