@@ -210,6 +210,8 @@ def test_the_loop_trains_on_softened_ages(tiny_root, tmp_path):
     df = runs.train_frame(tiny_cfg(tiny_root))
     recorded = df.loc[df["fold"] != 0, "label"].to_numpy()
     assert np.array_equal(f.targets.table.argmax(1).numpy(), recorded)  # the recorded group keeps the most mass
+    for x, y, rows in f.train_loader:  # and each image is looked up by its own row
+        assert torch.equal(f.targets(x, rows)[1].argmax(1), y)
 
 
 def test_flip_tta_is_the_mean_over_the_image_and_its_mirror():
