@@ -117,7 +117,8 @@ def make_csvs(data: Path, work: Path, extra_runs: list[Path], train: bool, conso
 
 
 ORACLE = "oracle: all labels known"
-MODES = ["comp, 1 ref", "comp, 2 refs (the formula's 1-ref scores)", "comp, 1 ref + self-check", "comp, best 3 + self-check", "comp, ledger",
+TWO_REFS = "comp, 2 refs (the formula's 1-ref scores)"
+MODES = ["comp, 1 ref", TWO_REFS, "comp, 1 ref + self-check", "comp, best 3 + self-check", "comp, ledger",
          "team formula, 1 ref", "team formula, ledger", ORACLE]
 
 
@@ -137,7 +138,7 @@ def play(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, console
             rows[mode].append(base | {"est": est, "lo": lo, "hi": hi,
                                       "beats": (est > best.f1) if p_better is None else p_better > 0.5})
 
-        for mode, use, ledger in (("comp, 1 ref", others[:1], []), (MODES[1], others[:2], []),
+        for mode, use, ledger in (("comp, 1 ref", others[:1], []), (TWO_REFS, others[:2], []),
                                   ("comp, 1 ref + self-check", others[:1], others),
                                   ("comp, best 3 + self-check", others[:3], others), ("comp, ledger", others, others)):
             e = estimate_with_ledger(subs[new], use, ledger, prior, samples, memo=memo, twins=twins)

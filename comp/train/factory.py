@@ -19,6 +19,7 @@ from accelerate.utils import PrecisionType
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
+from .. import runs
 from ..config import Config, SchedConfig
 from ..data import labels as L
 from ..data.augment import PRESETS, build_augment
@@ -144,8 +145,8 @@ def create_loaders(cfg: Config, df: pd.DataFrame, fold: int):
 
 
 def create_targets(cfg: Config, df: pd.DataFrame, tr_idx: np.ndarray) -> Targets:
-    bins = L.AgeBins(cfg.data.young_below, cfg.data.old_from)
-    table = target_table(df["label"].to_numpy()[tr_idx], df["age"].to_numpy()[tr_idx], bins, cfg.loss.age_sigma)
+    table = target_table(df["label"].to_numpy()[tr_idx], df["age"].to_numpy()[tr_idx], runs.bins_of(cfg),
+                         cfg.loss.age_sigma)
     # Mixup mixes batch positions: no batch is larger than train.batch_size
     return Targets(table, cfg.loss.label_smoothing, create_mixup(cfg.mixup, cfg.train.batch_size))
 

@@ -12,10 +12,9 @@ mixed targets are M @ the rows' distributions. With hard labels this is exactly 
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
+from scipy.stats import norm
 from timm.data import Mixup
 
 from ..config import MixupConfig
@@ -28,9 +27,8 @@ def age_distribution(ages: np.ndarray, bins: L.AgeBins, sigma: float) -> np.ndar
     ages = np.asarray(ages, np.float64)
     if sigma <= 0:
         return np.eye(L.N_AGE)[bins.group(ages.astype(np.int64))]
-    cdf = np.vectorize(lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2))))
-    below_young = cdf((bins.young_below - (ages + 0.5)) / sigma)
-    below_old = cdf((bins.old_from - (ages + 0.5)) / sigma)
+    below_young = norm.cdf(bins.young_below, ages + 0.5, sigma)
+    below_old = norm.cdf(bins.old_from, ages + 0.5, sigma)
     return np.stack([below_young, below_old - below_young, 1 - below_old], 1)
 
 
