@@ -144,3 +144,36 @@ def test_utkmask_counts():
     per_person = np.bincount(person_cls, minlength=6)
     expected = np.concatenate([5 * per_person, per_person, per_person])  # 5 wear shots, 1 incorrect, 1 normal
     assert np.array_equal(np.bincount(df["label"], minlength=18), expected)
+
+
+# How a camera stores each EXIF orientation: the inverse of the turn that makes the photo upright.
+_STORED = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
+           7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("orientation", sorted(_STORED))
+def test_photos_are_read_upright_by_their_exif_orientation(tmp_path, fmt, orientation):
+    # upright: a portrait 96x128 photo, a bright top-left corner, a mid-grey top-right one
+    upright = np.zeros((128, 96, 3), np.uint8)
+    upright[:64, :48] = 250
+    upright[:64, 48:] = 120
+    im = Image.fromarray(upright)
+    stored = im if _STORED[orientation] is None else im.transpose(_STORED[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"photo.{fmt.lower()}"
+    stored.save(path, format=fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
+
+    got = read_image(path).astype(int)
+    assert got.shape == upright.shape
+    assert np.abs(got - upright).mean() < 3
+    # decoded at reduced scale for a small training size: still upright, never below the size asked
+    small = read_image(path, min_size=(24, 32))
+    assert small.shape[0] >= 32 and small.shape[1] >= 24 and small.shape[0] > small.shape[1]
+    h, w = small.shape[:2]
+    corners = [small[: h // 4, : w // 4].mean(), small[: h // 4, -w // 4:].mean(), small[-h // 4:].mean()]
+    assert corners[0] > 200 and 90 < corners[1] < 150 and corners[2] < 30
+    wide = read_image(path, min_size=(60, 30))  # a size of the other aspect: sideways files scale by their own
+    assert wide.shape[1] >= 60 and wide.shape[0] >= 30

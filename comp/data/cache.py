@@ -20,7 +20,7 @@ from .. import ui
 from ..fileio import atomic_path, atomic_write
 from .images import read_image
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: photos turned upright by their EXIF orientation
 CACHE_MODES = ("disk", "memory", "none")  # data.cache
 
 
