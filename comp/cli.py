@@ -110,6 +110,8 @@ def data_check(
     if len(r.train):
         console.print(_class_table(r.class_counts, bins))
         console.print(_head_table(r.head_counts(), bins))
+    if r.images:
+        console.print(_image_table(r.images))
     for w in r.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     if r.problems:
@@ -130,6 +132,21 @@ def _class_table(counts, bins: L.AgeBins) -> Table:
     for c in range(L.N_CLASSES):
         m, g, a = L.decode(c)
         t.add_row(str(c), L.MASK_NAMES[m], L.GENDERS[g], bins.names()[a], str(counts[c]), f"{counts[c] / total:.1%}")
+    return t
+
+
+def _image_table(profiles) -> Table:
+    t = Table(title="images (from their files)")
+    for col in ("split", "images", "sizes (w x h, upright)", "formats", "colour", "EXIF-rotated"):
+        t.add_column(col, justify="right" if col in ("images", "EXIF-rotated") else "left")
+
+    def top(p, counter, fmt=str, k=3) -> str:
+        items = [f"{fmt(key)} {p.share(counter, key):.0%}" for key, _ in counter.most_common(k)]
+        return ", ".join(items) + (f", +{len(counter) - k} more" if len(counter) > k else "")
+
+    for split, p in profiles.items():
+        t.add_row(split, str(p.images), top(p, p.sizes, lambda s: f"{s[0]}x{s[1]}"), top(p, p.formats),
+                  top(p, p.modes), str(p.rotated))
     return t
 
 

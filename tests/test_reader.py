@@ -177,3 +177,32 @@ def test_photos_are_read_upright_by_their_exif_orientation(tmp_path, fmt, orient
     assert corners[0] > 200 and 90 < corners[1] < 150 and corners[2] < 30
     wide = read_image(path, min_size=(60, 30))  # a size of the other aspect: sideways files scale by their own
     assert wide.shape[1] >= 60 and wide.shape[0] >= 30
+
+
+def test_deep_check_profiles_the_images_and_warns_where_eval_differs_from_train(tiny_copy):
+    from comp.data.check import check_dataset
+
+    assert check_dataset(tiny_copy).images is None  # the default check opens no image
+    person = _person(tiny_copy)
+    normal = Image.open(person / "normal.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    normal.rotate(90, expand=True).save(person / "normal.jpg", exif=exif)  # a phone's sideways photo
+    evals = sorted((tiny_copy / "eval" / "images").iterdir())
+    for p in evals[: len(evals) // 2]:  # half of eval: grayscale, twice the size
+        im = Image.open(p)
+        im.convert("L").resize((im.width * 2, im.height * 2)).save(p, format="JPEG")
+
+    r = check_dataset(tiny_copy, deep=True)
+    train, ev = r.images["train"], r.images["eval"]
+    assert (train.images, ev.images) == (len(r.train), len(r.eval))
+    size = (normal.width, normal.height)
+    assert train.sizes == {size: train.images}  # the sideways photo counts by its upright size
+    assert train.rotated == 1 and ev.rotated == 0
+    assert ev.sizes[(size[0] * 2, size[1] * 2)] == len(evals) // 2 and ev.gray == pytest.approx(0.5, abs=0.05)
+    text = " ".join(r.warnings)
+    assert "of eval images are not" in text and "grayscale images: 0% of train, 50% of eval" in text
+    assert "1 train images are stored sideways" in text
+    out = CliRunner().invoke(app, ["data", "check", str(tiny_copy), "--deep"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "EXIF-rotated" in out.output and f"{size[0] * 2}x{size[1] * 2} 50%" in out.output

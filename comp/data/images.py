@@ -5,6 +5,7 @@ phones store many photos sideways with a tag saying so."""
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,5 +57,28 @@ def read_image(path: str | Path, min_size: tuple[int, int] | None = None) -> np.
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except Exception as e:  # PIL raises several types for broken files
+        raise CompError(f"{path}: unreadable or corrupt image ({type(e).__name__}); replace or remove it") from e
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a file says about its image without decoding the pixels."""
+    format: str  # JPEG, PNG, ...
+    mode: str  # PIL's colour mode: RGB, L (grayscale), RGBA, P (palette), CMYK, ...
+    stored_size: tuple[int, int]  # (w, h) as stored
+    orientation: int  # EXIF orientation, 1 = upright
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(w, h) once upright: what comp trains on."""
+        return self.stored_size[::-1] if self.orientation >= 5 else self.stored_size
+
+
+def read_header(path: str | Path) -> Header:
+    try:
+        with Image.open(path) as im:
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+            return Header(im.format or "?", im.mode, im.size, orientation if orientation in _UPRIGHT else 1)
     except Exception as e:  # PIL raises several types for broken files
         raise CompError(f"{path}: unreadable or corrupt image ({type(e).__name__}); replace or remove it") from e
