@@ -326,7 +326,8 @@ def ensemble_cmd(
         return
     if fit_:
         r = ensemble.fit(inputs, out, data, tta, force=force)
-        t = Table(title="out-of-fold macro F1 (train labels)")
+        t = Table(title=f"held-out macro F1 (train labels; {r.images} images of fold{'s' * (len(r.folds) > 1)} "
+                        f"{', '.join(map(str, r.folds))})")
         for col in ("what", "f1", "mask", "gender", "age", "acc"):
             t.add_column(col, justify="left" if col == "what" else "right")
         for name, s in r.plan.oof.items():

@@ -182,6 +182,8 @@ class FitResult:
     names: list[str]
     plan: FitPlan
     scores: dict = field(default_factory=dict)  # leaderboard scores of each run and the blend, with a key
+    folds: list[int] = field(default_factory=list)  # the held-out folds the blend was fitted on
+    images: int = 0  # their images
 
 
 def eval_probs(run: Path, data: Path | None, tta: str | None, ckpt: str) -> tuple[Submission, bool]:
@@ -222,8 +224,17 @@ def cross_fit_groups(oof: pd.DataFrame, k: int = 5) -> np.ndarray:
 
 def held_out_probs(run_dirs: list[Path]) -> tuple[pd.DataFrame, np.ndarray]:
     """The runs' held-out predictions on the same images: the first run's table (image, label, fold, person)
-    and the probabilities (M, N, 18). Runs that held out other images, labels or folds are refused."""
+    and the probabilities (M, N, 18). Runs trained on different folds (all five, and fold 0 alone) meet on the
+    folds every one of them held out; runs that held out other images or labels there are refused."""
     oofs = [held_out(r) for r in run_dirs]
+    trained = [set(o["fold"].unique().tolist()) for o in oofs]
+    shared = set.intersection(*trained)
+    if not shared:
+        each = "; ".join(f"{r}: {','.join(map(str, sorted(t)))}" for r, t in zip(run_dirs, trained, strict=True))
+        raise CompError(f"no fold was held out by every run (trained folds: {each}); fitted blends need one: "
+                        "train the same fold (--fold K) for each")
+    if any(t != shared for t in trained):
+        oofs = [o[o["fold"].isin(shared)].sort_values("image", kind="stable").reset_index(drop=True) for o in oofs]
     for r, o in zip(run_dirs[1:], oofs[1:], strict=True):
         if not (o["image"].equals(oofs[0]["image"]) and o["label"].equals(oofs[0]["label"])
                 and o["fold"].equals(oofs[0]["fold"])):
@@ -253,7 +264,7 @@ def fit(run_dirs: list[Path | str], out: Path | str, data: Path | str | None = N
                       weighting="greedy" if plan.greedy else "mean", bias=plan.bias.tolist() if plan.use_bias else [],
                       data=subs[0].prov.data, tta=subs[0].prov.tta, ckpt=ckpt, stats={"oof": plan.oof})
     write_submission(out, subs[0].ids, blended.argmax(1), blended, prov, force=force)
-    result = FitResult(out, names, plan)
+    result = FitResult(out, names, plan, folds=sorted(oof["fold"].unique().tolist()), images=len(oof))
     t = _truth_for(subs, None)
     if t is not None:
         for name, s in zip(names, subs, strict=True):

@@ -10,6 +10,7 @@ from comp.cli import app
 from comp.data import labels as L
 from comp.ensemble import blend_files, cross_fit_groups, fit_blend, greedy_select, tune_bias
 from comp.errors import CompError
+from comp.estimate import calibration_for
 from comp.soup import make_soup
 from comp.submission import read_submission, write_submission
 
@@ -237,3 +238,27 @@ def test_provenance_round_trips_and_every_producer_builds_its_twin(tiny_runs, tm
     prov = read_provenance(tmp_path / "fit.csv")
     assert prov.kind == "fit" and prov.runs == [str(r) for r in tiny_runs] and len(prov.weights) == 2
     assert twin_of(prov, True) is not None and set(TWINS) == {"predict", "blend", "fit"}
+
+
+def test_fit_on_runs_of_different_folds_uses_the_folds_all_held_out(tiny_runs, tmp_path):
+    import shutil
+
+    one = shutil.copytree(tiny_runs[1], tmp_path / "b_fold0")  # the second run as if trained on fold 0 alone
+    (one / "oof.parquet").unlink()
+    val = pd.read_parquet(one / "validation.parquet")
+    val[val["fold"] == 0].to_parquet(one / "validation.parquet")
+    result = CliRunner().invoke(app, ["ensemble", "--fit", str(tiny_runs[0]), str(one), "-o", str(tmp_path / "fit.csv")],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    n = int((val["fold"] == 0).sum())
+    assert f"{n} images of fold 0)" in result.output
+    twin = calibration_for(read_submission(tmp_path / "fit.csv"))  # the estimator's twin: the same images
+    assert sorted(twin.images) == sorted(val.loc[val["fold"] == 0, "image"])
+
+    other = shutil.copytree(tiny_runs[0], tmp_path / "a_fold1")  # fold 1 alone: nothing in common with one
+    (other / "oof.parquet").unlink()
+    val = pd.read_parquet(other / "validation.parquet")
+    val[val["fold"] == 1].to_parquet(other / "validation.parquet")
+    result = CliRunner().invoke(app, ["ensemble", "--fit", str(other), str(one), "-o", str(tmp_path / "fit2.csv")])
+    assert result.exit_code == 2 and "no fold was held out by every run" in result.output.replace("\n", " ")
+    assert not (tmp_path / "fit2.csv").exists()
