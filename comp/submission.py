@@ -181,15 +181,23 @@ def _read_csv(path: Path) -> pd.DataFrame:
         if ragged:
             line, n, expected = ragged[0]
             raise CompError(f"{path}:{line}: {n} fields where the header has {expected} ({len(ragged)} such rows); "
-                            "a submission has exactly ImageID,ans")
+                            "each row needs one value per header column (ImageID,ans)")
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])  # as written: pandas renames a repeated column
     except pd.errors.EmptyDataError:
         raise CompError(f"{path}: the file is empty; a submission has the header ImageID,ans and one row per image") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, csv.Error) as e:
         where = str(e).splitlines()[0][:120] if isinstance(e, pd.errors.ParserError) else type(e).__name__
         raise CompError(f"{path}: not a readable CSV ({where}); expected columns ImageID,ans") from None
-    if list(df.columns) != ["ImageID", "ans"]:
-        raise CompError(f"{path}: columns are {','.join(map(str, df.columns))}; a submission has exactly ImageID,ans")
+    # by name, as a leaderboard reads them: in any order, other columns (a saved pandas index, a confidence)
+    # ignored. comp itself always writes exactly ImageID,ans.
+    names = [c.strip() for c in header]
+    if names.count("ImageID") != 1 or names.count("ans") != 1:
+        raise CompError(f"{path}: columns are {','.join(header)}; a submission needs one column ImageID and one "
+                        "column ans")
+    df.columns = names
+    df = df[["ImageID", "ans"]]
     if df.empty:
         raise CompError(f"{path}: no rows under the header; a submission lists every eval image")
     return df

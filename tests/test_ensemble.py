@@ -67,7 +67,7 @@ def test_blend_files_errors_and_output(tmp_path):
     with pytest.raises(CompError, match="appears more than once"):
         blend_files([a, tmp_path / "dup.csv"], tmp_path / "o.csv")
     (tmp_path / "cols.csv").write_text("id,label\nimg0.jpg,1\n")
-    with pytest.raises(CompError, match="exactly ImageID,ans"):
+    with pytest.raises(CompError, match="one column ImageID and one column ans"):
         blend_files([a, tmp_path / "cols.csv"], tmp_path / "o.csv")
     with pytest.raises(CompError, match="no probabilities file"):
         blend_files([a, b], tmp_path / "s.csv", method="soft")

@@ -78,7 +78,7 @@ def test_bad_csvs_give_clear_errors(tmp_path):
     ids = [f"i{k}" for k in range(5)]
     good = _write(tmp_path / "good.csv", ids, [0, 1, 2, 3, 4])
     cases = {
-        "cols.csv": ("ImageID,label\ni0,1\n", "exactly ImageID,ans"),
+        "cols.csv": ("ImageID,label\ni0,1\n", "one column ImageID and one column ans"),
         "range.csv": ("ImageID,ans\n" + "".join(f"{i},{v}\n" for i, v in zip(ids, [0, 1, 2, 3, 18], strict=True)), "not a class 0-17"),
         "text.csv": ("ImageID,ans\n" + "".join(f"{i},x\n" for i in ids), "not a class 0-17"),
         "dup.csv": ("ImageID,ans\n" + "".join(f"{i},1\n" for i in ids + ["i0"]), "more than once"),

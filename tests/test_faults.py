@@ -201,7 +201,8 @@ def test_half_replaced_set_is_refused_not_paired(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("", r"the file is empty"),
     ("ImageID,ans\n", r"no rows under the header"),
-    ("ImageID,ans,x\na,1,2\n", r"columns are ImageID,ans,x"),
+    ("ImageID,ans,ans\na,1,2\n", r"columns are ImageID,ans,ans; a submission needs one column ImageID and one"),
+    ("id,ans\na,1\n", r"columns are id,ans"),
     ("ImageID,ans\na,1\nb\n", r"x.csv:3: 1 fields where the header has 2"),
     ("ImageID,ans\na,1,5\n", r"x.csv:2: 3 fields where the header has 2"),
     ("ImageID,ans\na,1.5\n", r":2: ans '1.5' is not a class 0-17"),
@@ -213,6 +214,20 @@ def test_bad_csvs_are_one_line(tmp_path, text, message):
     p.write_text(text)
     with pytest.raises(CompError, match=message or r"x.csv:3: ans '' is not a class 0-17"):
         read_submission(p)
+
+
+@pytest.mark.parametrize("text", [
+    "ans,ImageID\n4,a.jpg\n17,b.jpg\n",  # columns by name, in any order
+    ",ImageID,ans\n0,a.jpg,4\n1,b.jpg,17\n",  # a CSV saved with pandas' index
+    "ImageID,ans,conf\na.jpg,4,0.9\nb.jpg,17,0.4\n",  # other columns are not read
+    "ImageID, ans\r\na.jpg, 4\r\nb.jpg,17\r\n",  # spaces around names and numbers, Windows line ends
+    "\ufeffImageID,ans\na.jpg,4\nb.jpg,17.0\n",  # a byte-order mark; a whole number written as a float
+])
+def test_other_peoples_csvs_are_read_as_a_leaderboard_reads_them(tmp_path, text):
+    p = tmp_path / "x.csv"
+    p.write_text(text, encoding="utf-8", newline="")
+    sub = read_submission(p)
+    assert list(sub.ids) == ["a.jpg", "b.jpg"] and list(sub.ans) == [4, 17]
 
 
 def test_written_files_follow_the_umask(tmp_path):
