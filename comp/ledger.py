@@ -101,7 +101,8 @@ def _check_rows(sub, entries: list[Entry], folder: Path, data: Path | str | None
         raise CompError(f"{data}: no eval/info.csv here; --data is the dataset root whose eval set was scored")
     elif entries:  # no eval set at hand: every scored CSV lists the same images as the first one did
         first = read_submission(entries[0].path(folder))
-        check_against_ids(sub, first.ids, entries[0].name)
+        check_against_ids(sub, first.ids, entries[0].name, hint=" (the ledger's first entry; with --data ROOT, "
+                                                                "eval/info.csv is the reference instead)")
 
 
 def _write(folder: Path, entries: list[Entry]) -> None:

@@ -292,12 +292,13 @@ def check_same_ids(subs: list[Submission]) -> None:
                             f"(e.g. {', '.join(extra[:3]) or '-'}); compare submissions of the same eval set")
 
 
-def check_against_ids(sub: Submission, expected: np.ndarray, source: str) -> None:
-    """A submission for the leaderboard lists every eval ImageID once, in the eval set's order."""
+def check_against_ids(sub: Submission, expected: np.ndarray, source: str, hint: str = "") -> None:
+    """A submission for the leaderboard lists every eval ImageID once, in the eval set's order (`source`'s;
+    `hint` says what that source is)."""
     check_same_ids([Submission(Path(source), np.asarray(expected, dtype=object), np.zeros(len(expected), np.int64)),
                     sub])
     if not np.array_equal(sub.ids, expected):
-        raise CompError(f"{sub.path}: ImageIDs are not in {source}'s order; the leaderboard expects that order")
+        raise CompError(f"{sub.path}: ImageIDs are not in {source}'s order{hint}; the leaderboard expects that order")
 
 
 def write_submission(path: Path | str, ids, ans, probs: np.ndarray | None = None, prov: Provenance | None = None,

@@ -284,6 +284,10 @@ def test_ledger_refuses_what_the_leaderboard_would(tiny_root, tmp_path):
     loose = write_submission(tmp_path / "loose.csv", ids[:-1], p.argmax(1), p)
     with pytest.raises(CompError, match=r"ImageIDs differ from ok.csv's"):
         ledger.add(loose, 0.4, folder=folder)
+    p = rng.dirichlet(np.ones(18), len(ids))
+    turned = write_submission(tmp_path / "turned.csv", ids[::-1], p.argmax(1), p)  # says which order, and how to check
+    with pytest.raises(CompError, match=r"not in ok.csv's order \(the ledger's first entry; with --data ROOT, eval/info.csv"):
+        ledger.add(turned, 0.4, folder=folder)
 
 
 def test_estimate_without_reference_accuracy_prints_none(tmp_path):
