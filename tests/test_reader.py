@@ -46,6 +46,8 @@ def test_hidden_files_and_other_extensions_are_accepted(tiny_copy):
     person = _person(tiny_copy)
     (person / "._mask1.jpg").write_bytes(b"\x00\x05\x16\x07 apple double")
     (person / ".DS_Store").write_bytes(b"junk")
+    (person / "Thumbs.db").write_bytes(b"junk")
+    (person / "desktop.ini").write_text("[.ShellClassInfo]")
     Image.open(person / "normal.jpg").save(person / "normal.png")
     (person / "normal.jpg").unlink()
     (person / "mask2.jpg").rename(person / "mask2.jpeg")

@@ -47,9 +47,12 @@ def problems_error(problems: list[Problem], examples: int = 3) -> CompError:
     return CompError(*lines)
 
 
+OS_CLUTTER = {"thumbs.db", "desktop.ini", "ehthumbs.db"}  # what Windows Explorer leaves in image folders
+
+
 def _is_hidden(name: str) -> bool:
-    # macOS leaves ._mask1.jpg and .DS_Store beside the real images
-    return name.startswith(".")
+    # macOS leaves ._mask1.jpg and .DS_Store beside the real images, Windows Thumbs.db and desktop.ini
+    return name.startswith(".") or name.lower() in OS_CLUTTER
 
 
 def ragged_rows(path: Path) -> list[tuple[int, int, int]]:
