@@ -13,7 +13,11 @@ k errors
 - pit comp against the formula on the same ledger. Both are scored by honest leave-one-out errors (the
   correction for submission i is fitted without i); the final estimate blends them with the weights of
   least mean squared error (from the errors' second moments: a submission both miss alike does not decide
-  between them), so where the formula does better on this team's ledger it carries the estimate.
+  between them), so where the formula does better on this team's ledger it carries the estimate. That
+  weight is learned at the agreements the ledger's submissions have with their best reference. Closer
+  than all of them, the formula's share falls linearly to 0 at agreement 1: there comp's estimate is the
+  reference's known score by construction, while the formula's is best · c, off by however far c is from 1
+  (a blend agreeing 98.9 % with the best, on a ledger agreeing 71-90 %: formula +0.088, comp +0.007).
 """
 from __future__ import annotations
 
@@ -143,11 +147,20 @@ class SelfCalibration:
                 text += f" — the formula did better on this ledger: the estimate leans on it ({1 - self.weight_comp:.0%})"
         return text
 
+    def formula_share(self, x: float) -> float:
+        """The formula's weight in the estimate of a NEW at 1 − agreement x with the best reference: the
+        ledger's, tapering to 0 below the closest submission it was learned on (see the module docstring)."""
+        if self.mae_formula is None:
+            return 0.0
+        nearest = min(r.x for r in self.rows)
+        return (1 - self.weight_comp) * (min(1.0, x / nearest) if nearest > 0 else 1.0)
+
     def apply(self, est: Estimate, x: float, formula_f1: float | None) -> Estimate:
         """The estimate corrected for the ledger's bias, blended with the formula, its interval widened."""
         center = est.f1 - (self.a + self.b * x)
         if formula_f1 is not None and self.mae_formula is not None:
-            center = self.weight_comp * center + (1 - self.weight_comp) * formula_f1
+            share = self.formula_share(x)
+            center = (1 - share) * center + share * formula_f1
         lo, hi = est.f1_interval
         half = [est.f1 - lo, hi - est.f1]
         extra = Z90 ** 2 * self.tau2 * x

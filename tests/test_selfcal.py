@@ -85,6 +85,26 @@ def test_a_submission_both_miss_alike_does_not_hand_the_estimate_to_the_formula(
     assert cal.mae_formula > cal.mae_comp
 
 
+def test_a_near_copy_of_the_best_is_not_pulled_to_the_formula():
+    # The ledger's submissions agree 71-90 % with their best reference, and there the formula did better: the
+    # estimate leans on it. A NEW far closer to the best than any of them (98.9 %, a blend of the best with
+    # a near twin) is where comp is exact by construction and the formula is off by best * (c - 1): its share
+    # falls linearly to 0 at agreement 1 instead of staying at the ledger's weight.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.10, 0.29, 8)
+    cal = SelfCalibration.fit(_rows(rng.normal(0, 0.05, 8), rng.normal(0, 0.005, 8), x))
+    share = 1 - cal.weight_comp
+    assert share > 0.8
+    assert cal.formula_share(x.min()) == pytest.approx(share) and cal.formula_share(0.5) == pytest.approx(share)
+    assert cal.formula_share(x.min() / 2) == pytest.approx(share / 2) and cal.formula_share(0.0) == 0.0
+    near = cal.apply(_estimate(0.50), 0.011, 0.59)  # the formula 0.09 above comp's estimate of a near copy
+    corrected = 0.50 - (cal.a + cal.b * 0.011)
+    assert near.f1 == pytest.approx(corrected + share * 0.011 / x.min() * (0.59 - corrected), abs=1e-9)
+    assert abs(near.f1 - corrected) < 0.09 * 0.15
+    far = cal.apply(_estimate(0.50), 0.2, 0.59)  # inside the ledger's range: as before
+    assert far.f1 == pytest.approx((1 - share) * (0.50 - (cal.a + cal.b * 0.2)) + share * 0.59, abs=1e-9)
+
+
 def test_the_interval_widens_to_the_leave_one_out_spread_where_new_is_far():
     rng = np.random.default_rng(1)
     x = rng.uniform(0.2, 0.4, 40)
