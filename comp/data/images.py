@@ -21,6 +21,12 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4
             8: Image.Transpose.ROTATE_90}
 
 
+def _orientation(im: Image.Image) -> int:
+    """An opened image's EXIF orientation; 1 (upright) when it has none or an invalid one."""
+    value = im.getexif().get(EXIF_ORIENTATION, 1)
+    return value if value in _UPRIGHT else 1
+
+
 def jpeg_orientation(data: bytes) -> int:
     """The EXIF orientation of a JPEG (1: upright, also when there is no EXIF block). The EXIF block sits
     in the first segments; only files that have one are parsed."""
@@ -28,10 +34,9 @@ def jpeg_orientation(data: bytes) -> int:
         return 1
     try:
         with Image.open(io.BytesIO(data)) as im:
-            value = im.getexif().get(EXIF_ORIENTATION, 1)
+            return _orientation(im)
     except Exception:  # an unreadable EXIF block does not make the pixels unusable
         return 1
-    return value if value in _UPRIGHT else 1
 
 
 def read_image(path: str | Path, min_size: tuple[int, int] | None = None) -> np.ndarray:
@@ -78,7 +83,6 @@ class Header:
 def read_header(path: str | Path) -> Header:
     try:
         with Image.open(path) as im:
-            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
-            return Header(im.format or "?", im.mode, im.size, orientation if orientation in _UPRIGHT else 1)
+            return Header(im.format or "?", im.mode, im.size, _orientation(im))
     except Exception as e:  # PIL raises several types for broken files
         raise CompError(f"{path}: unreadable or corrupt image ({type(e).__name__}); replace or remove it") from e
