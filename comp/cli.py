@@ -189,16 +189,20 @@ def data_crop(
 
 # --------------------------------------------------------------------------------------------- train
 def _parse_folds(fold: int | None, folds: str | None, n: int) -> list[int] | None:
+    from .runs import FULL
+
     if fold is not None and folds is not None:
-        raise CompError("give --fold K or --folds all|K,K,..., not both")
+        raise CompError("give --fold K or --folds all|full|K,K,..., not both")
     if folds is None:
         return None if fold is None else [fold]
     if folds == "all":
         return list(range(n))
+    if folds == "full":
+        return [FULL]
     try:
         return sorted({int(k) for k in folds.split(",")})
     except ValueError:
-        raise CompError(f"--folds {folds!r}: expected all or a list like 0,2") from None
+        raise CompError(f"--folds {folds!r}: expected all, full or a list like 0,2") from None
 
 
 @app.command("train")
@@ -208,12 +212,14 @@ def train_cmd(
     out: Path = typer.Option(None, "--out", "-o", help="Run folder (default runs/<name>)."),
     set_: list[str] = typer.Option(None, "--set", help="Override a config key: --set train.epochs=3 (repeatable)."),
     fold: int = typer.Option(None, "--fold", help="Train this validation fold only (default data.fold)."),
-    folds: str = typer.Option(None, "--folds", help="'all' (k-fold, writes oof.parquet) or a list like 0,2."),
+    folds: str = typer.Option(None, "--folds", help="'all' (k-fold, writes oof.parquet), a list like 0,2, or 'full': "
+                              "one model on every person for train.epochs, nothing held out (the final refit)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last saved epoch."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run in --out and start over."),
 ):
     """Train a pipeline (any timm model) with Accelerate; k-fold with out-of-fold predictions."""
     from .config import load_config
+    from .runs import fold_name
     from .train.engine import train
 
     overrides = list(set_ or []) + ([f"data.root={data}"] if data else [])
@@ -225,9 +231,9 @@ def train_cmd(
         t.add_column(col, justify="right")
     for r in result.folds:
         b = r.best
-        t.add_row(str(r.fold), str(r.best_epoch), f"{b.get('f1', 0):.4f}", f"{b.get('f1_mask', 0):.3f}",
-                  f"{b.get('f1_gender', 0):.3f}", f"{b.get('f1_age', 0):.3f}", f"{b.get('acc', 0):.3f}",
-                  f"{r.seconds / 60:.1f}")
+        scores = ([f"{b['f1']:.4f}"] + [f"{b[k]:.3f}" for k in ("f1_mask", "f1_gender", "f1_age", "acc")]
+                  if "f1" in b else ["(nobody held out)", "", "", "", ""])
+        t.add_row(fold_name(r.fold), str(r.best_epoch), *scores, f"{r.seconds / 60:.1f}")
     if result.oof:
         o = result.oof
         t.add_row("OOF", "", f"{o['f1']:.4f}", f"{o['f1_mask']:.3f}", f"{o['f1_gender']:.3f}", f"{o['f1_age']:.3f}",

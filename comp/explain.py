@@ -306,9 +306,10 @@ def explain(run: Path | str, out: Path | str, data: Path | str | None = None, im
     cfg = read_run_config(run)
     fold = runs.trained_folds(run)[0] if fold is None else fold
     model, model_head, _ = runs.load_run(run, fold, ckpt)
+    use_eval = use_eval or (fold == runs.FULL and not images)  # a full-data run held nobody out: its eval images
     picked, source = _pick(cfg, fold, Path(data) if data else None, images, use_eval, sample, seed)
     panels, cams = explain_picked(model, model_head, cfg, picked, head, layer)
-    title = f"{run.name} fold {fold} ({cfg.model.name}): Grad-CAM of the {decision_label(head)} at {cams.layer}"
+    title = f"{run.name} fold {runs.fold_name(fold)} ({cfg.model.name}): Grad-CAM of the {decision_label(head)} at {cams.layer}"
     with atomic_dir(out, force) as tmp:
         pngs = [Path(out) / p.name for p in save_pages(panels, tmp, "gradcam", title)]
     known = sum(p.status != "unknown" for p in panels)

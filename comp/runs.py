@@ -13,6 +13,8 @@
     runs/NAME/fold{k}/val_probs.npy       validation probabilities of the best epoch (+ val_index.npy)
     runs/NAME/fold{k}/confusion.csv/.png  confusion matrix of the best epoch on the validation fold
     runs/NAME/fold{k}/done                written when the fold finished (best epoch and its scores)
+    runs/NAME/full/                       instead of fold{k}/: one model trained on every person (`--folds full`),
+                                          the same files without validation ones; best = last epoch
 
 Every writer and reader of these files is here: the engine and soups write through it; predict,
 ensemble, estimate and report read through it. Each file is written atomically, and an epoch's checkpoint
@@ -81,17 +83,38 @@ def image_loader(cfg: Config, paths: list[str], labels=None, batch_size: int | N
     return make_loader(ImageDataset(store, labels), batch_size or cfg.predict.batch_size, cfg.data.workers)
 
 
+# The "fold" of a model trained on every train person (`comp train --folds full`), the usual last step
+# before a final submission: nobody is held out, so it trains exactly train.epochs and keeps the last epoch.
+FULL = -1
+
+
+def fold_name(fold: int) -> str:
+    return "full" if fold == FULL else str(fold)
+
+
 def fold_dir(run: Path | str, fold: int) -> Path:
-    return Path(run) / f"fold{fold}"
+    return Path(run) / ("full" if fold == FULL else f"fold{fold}")
 
 
 def trained_folds(run: Path | str) -> list[int]:
-    """Folds of a run that have finished (hold a `done` marker), in order."""
+    """Folds of a run that have finished (hold a `done` marker), in order; [FULL] for a full-data run."""
     run = Path(run)
     folds = sorted(int(p.name[4:]) for p in run.glob("fold*") if p.name[4:].isdigit() and (p / "done").exists())
+    if (fold_dir(run, FULL) / "done").exists():
+        folds = [FULL] + folds
     if not folds:
         raise CompError(f"{run}: no finished fold (fold*/done); train it with `comp train` or `--resume` it")
     return folds
+
+
+def is_full(run: Path | str) -> bool:
+    """A run trained on every person (`--folds full`): it holds nobody out."""
+    return (fold_dir(run, FULL) / "done").exists()
+
+
+def _no_held_out(run: Path | str, what: str) -> CompError:
+    return CompError(f"{run}: trained on every person (--folds full), so nobody is held out and it has no {what}; "
+                     "use the k-fold run it refits for that")
 
 
 def checkpoint(run: Path | str, fold: int, which: str = "best") -> Path:
@@ -99,7 +122,7 @@ def checkpoint(run: Path | str, fold: int, which: str = "best") -> Path:
         raise CompError(f"--ckpt {which}: choose best or last")
     p = fold_dir(run, fold) / f"{which}.safetensors"
     if not p.is_file():
-        raise CompError(f"{p}: checkpoint missing; was fold {fold} of {run} trained to the end?")
+        raise CompError(f"{p}: checkpoint missing; was fold {fold_name(fold)} of {run} trained to the end?")
     return p
 
 
@@ -127,6 +150,8 @@ def load_run(run: Path | str, fold: int, which: str = "best") -> tuple[torch.nn.
 
 def read_oof(run: Path | str) -> pd.DataFrame:
     p = Path(run) / "oof.parquet"
+    if not p.is_file() and is_full(run):
+        raise _no_held_out(run, "out-of-fold predictions")
     if not p.is_file():
         raise CompError(f"{p}: no out-of-fold predictions; train every fold with `comp train --folds all`")
     return pd.read_parquet(p)
@@ -135,6 +160,8 @@ def read_oof(run: Path | str) -> pd.DataFrame:
 def read_validation(run: Path | str) -> pd.DataFrame:
     """Labelled held-out predictions of the folds trained so far (all of oof.parquet when complete)."""
     p = Path(run) / "validation.parquet"
+    if not p.is_file() and is_full(run):
+        raise _no_held_out(run, "validation predictions")
     if not p.is_file():
         raise CompError(f"{p}: no validation predictions; was {run} trained to the end of a fold?")
     return pd.read_parquet(p)
@@ -270,9 +297,10 @@ def prune_states(fold: Path, keep: Path | None) -> None:
 
 
 def save_checkpoint(accelerator, fold: Path, epoch: int, weights: torch.nn.Module, history: list[dict],
-                    best: tuple[np.ndarray, np.ndarray] | None) -> None:
+                    best: bool, validation: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Commits epoch `epoch` as a whole. Called by every process (Accelerate saves each one's RNG state).
-    `weights`: the validated model; `best`: (probabilities, train-frame rows) when this epoch is the best."""
+    `weights`: the validated model; `best`: this epoch is the best so far (always, for a full-data fold);
+    `validation`: its (probabilities, train-frame rows) on the held-out images, when it is the best."""
     state = fold / f"state-{epoch:04d}"
     if accelerator.is_main_process and state.exists():  # left by a save killed before its commit
         shutil.rmtree(state)
@@ -281,9 +309,10 @@ def save_checkpoint(accelerator, fold: Path, epoch: int, weights: torch.nn.Modul
     if accelerator.is_main_process:
         save_weights(weights, state / "last.safetensors")
         write_metrics(state, history)
-        if best is not None:
+        if best:
             save_weights(weights, state / "best.safetensors")
-            save_fold_validation(state, *best)
+            if validation is not None:
+                save_fold_validation(state, *validation)
         else:
             previous = committed_state(fold)
             for name in BEST_FILES:
@@ -313,7 +342,10 @@ def load_checkpoint(accelerator, fold: Path) -> bool:
 def write_held_out(run: Path, df: pd.DataFrame, folds: list[int]) -> dict | None:
     """validation.parquet: each validated train image (of the trained folds) with its label and 18
     probabilities from the fold that held it out; oof.parquet, the same, once every fold is trained.
-    Returns the OOF scores when complete."""
+    Returns the OOF scores when complete. A full-data run has neither."""
+    folds = [k for k in folds if k != FULL]
+    if not folds:
+        return None
     probs = np.full((len(df), L.N_CLASSES), np.nan, np.float32)
     for k in folds:
         p, index = read_fold_validation(fold_dir(run, k))

@@ -447,6 +447,9 @@ def parse_folds(spec: str | None, n_folds: int) -> list[int] | None:
         return None
     if spec == "all":
         return list(range(n_folds))
+    if spec == "full":
+        raise CompError("--folds full: a sweep scores each trial on held-out people, and a full-data run has none; "
+                        "sweep on a fold, then refit the best with `comp train --folds full`")
     try:
         folds = sorted({int(k) for k in spec.split(",")})
     except ValueError:

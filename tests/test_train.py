@@ -18,7 +18,7 @@ from comp.train.engine import train
 from comp.train.factory import check_config
 from comp.train.losses import Criterion
 
-from .conftest import tiny_cfg
+from .conftest import TINY, tiny_cfg
 
 
 def test_loss_goes_down(tiny_root, tmp_path):
@@ -186,3 +186,51 @@ def test_metrics_file_has_the_gpu_memory_column_only_when_trained_on_a_gpu(tmp_p
     runs.write_metrics(tmp_path, [row, row | {"gpu_peak_gib": 3.5}])  # what engine.train_fold adds on CUDA
     m = runs.read_metrics(tmp_path)
     assert list(m.columns) == runs.METRIC_COLUMNS + ["gpu_peak_gib"] and m["gpu_peak_gib"].iloc[-1] == 3.5
+
+
+def test_full_run_trains_every_person_for_every_epoch_and_predicts(tiny_root, tiny_runs, tmp_path):
+    """`--folds full`: the final refit on every person. Nobody is held out, so it trains train.epochs (early
+    stopping cannot apply), keeps the last epoch as its model, and what needs held-out people says why not."""
+    from safetensors.torch import load_file
+
+    from comp.ensemble import fit
+    from comp.estimate import estimate_file
+    from comp.predict import predict
+    from comp.report import make_report
+    from comp.submission import read_submission, twin_of
+    from comp.train.factory import create_loaders
+
+    cfg = tiny_cfg(tiny_root, "train.epochs=3", "train.early_stopping=1")
+    df = runs.train_frame(cfg)
+    tr_idx = create_loaders(cfg, df, runs.FULL)[2]
+    assert sorted(tr_idx) == list(range(len(df)))  # every image of every person trains
+
+    run = tmp_path / "full"
+    out = CliRunner().invoke(app, ["train", "--folds", "full", "-o", str(run), "--set", f"data.root={tiny_root}",
+                                   *(a for kv in TINY + ["train.epochs=3", "train.early_stopping=1"]
+                                     for a in ("--set", kv))])
+    assert out.exit_code == 0, out.output
+    assert "nobody held out" in out.output
+    assert runs.trained_folds(run) == [runs.FULL] and not list(run.glob("fold*"))
+    assert list(pd.read_csv(run / "full" / "metrics.csv")["epoch"]) == [1, 2, 3]
+    best, last = (load_file(run / "full" / f"{w}.safetensors") for w in ("best", "last"))
+    assert all(torch.equal(best[k], last[k]) for k in last)
+    assert not (run / "validation.parquet").exists() and not (run / "oof.parquet").exists()
+
+    csv = tmp_path / "full.csv"
+    predict([run], csv)
+    sub = read_submission(csv)
+    assert len(sub) == len(runs.eval_frame(cfg)) and twin_of(sub.prov, with_probs=True) is None
+    ref = tmp_path / "kfold.csv"
+    predict([tiny_runs[0]], ref)
+    e = estimate_file(csv, [ref], [0.5], ledger_dir=tmp_path / "no-ledger", samples=200)  # from the CSVs alone
+    assert 0 <= e.f1 <= 1
+
+    for attempt in (lambda: runs.read_validation(run), lambda: fit([run, tiny_runs[0]], tmp_path / "fit.csv"),
+                    lambda: make_report(run, tmp_path / "report")):
+        with pytest.raises(CompError, match=r"trained on every person \(--folds full\)"):
+            attempt()
+    with pytest.raises(CompError, match="a run is one or the other"):
+        train(cfg, run, folds=[0], resume=True)
+    with pytest.raises(CompError, match="one model on every person"):
+        train(cfg, tmp_path / "mixed", folds=[0, runs.FULL])

@@ -3,7 +3,8 @@ accumulation and distribution (`accelerate launch -m comp train ...` runs the sa
 
 Per epoch: train (Mixup/CutMix on soft targets), validate (EMA weights when on), log, keep the best
 checkpoint by validation macro F1, save the Accelerate state for --resume. With every fold trained,
-the validation probabilities of each fold's best epoch form the out-of-fold file. What the loop is made
+the validation probabilities of each fold's best epoch form the out-of-fold file. The full-data fold
+(`--folds full`) trains on every person for exactly train.epochs, with nothing to validate on. What the loop is made
 of comes from `factory`; every file it writes goes through `comp.runs`.
 """
 from __future__ import annotations
@@ -107,10 +108,10 @@ def validate(f: Fold) -> tuple[dict, np.ndarray, np.ndarray]:
     return row, probs, f.val_rows[idx]
 
 
-def save_epoch(f: Fold, probs: np.ndarray, rows: np.ndarray, improved: bool) -> None:
+def save_epoch(f: Fold, probs: np.ndarray | None, rows: np.ndarray | None, improved: bool) -> None:
     """The finished epoch committed as a whole: state for --resume, last (and best) weights, metrics."""
     runs.save_checkpoint(f.accelerator, f.out, f.state.epoch, unwrap(f.accelerator, f.eval_model),
-                         f.state.history, (probs, rows) if improved else None)
+                         f.state.history, improved, (probs, rows) if improved and probs is not None else None)
 
 
 EpochHook = Callable[[int, dict], None]  # (fold, the epoch's metrics row); may raise to stop the run
@@ -130,6 +131,9 @@ def train_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, resume: bool
     say = ui.console.print if acc.is_main_process else (lambda *a, **k: None)
     bar = ui.make_progress() if acc.is_main_process else None
     cuda = acc.device.type == "cuda"
+    full = fold == runs.FULL
+    if full and cfg.train.early_stopping:
+        say(f"full: nobody is held out, so all {cfg.train.epochs} epochs train (train.early_stopping does not apply)")
     for epoch in range(state.epoch, cfg.train.epochs):
         e0 = time.time()
         if cuda:
@@ -137,7 +141,7 @@ def train_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, resume: bool
         with bar or contextlib.nullcontext():
             train_loss, data_wait = train_one_epoch(f, epoch, bar)
         train_seconds = time.time() - e0
-        row, probs, rows = validate(f)
+        row, probs, rows = ({}, None, None) if full else validate(f)
         row = {"epoch": epoch + 1, "lr": f.optimizer.param_groups[0]["lr"], "train_loss": train_loss, **row,
                "seconds": time.time() - e0,
                "images_per_s": len(f.train_loader) * f.train_loader.total_batch_size / max(train_seconds, 1e-9),
@@ -147,19 +151,23 @@ def train_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, resume: bool
         improved = state.record(row)
         acc.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
         save_epoch(f, probs, rows, improved)
-        say(f"fold {fold} epoch {epoch + 1}: loss {train_loss:.4f} val_loss {row['val_loss']:.4f} f1 {row['f1']:.4f} "
-            f"(mask {row['f1_mask']:.3f} gender {row['f1_gender']:.3f} age {row['f1_age']:.3f}) acc {row['acc']:.3f}"
-            f"{' *' if improved else ''}", highlight=False)
+        if full:
+            say(f"full epoch {epoch + 1}: loss {train_loss:.4f}", highlight=False)
+        else:
+            say(f"fold {fold} epoch {epoch + 1}: loss {train_loss:.4f} val_loss {row['val_loss']:.4f} f1 {row['f1']:.4f} "
+                f"(mask {row['f1_mask']:.3f} gender {row['f1_gender']:.3f} age {row['f1_age']:.3f}) acc {row['acc']:.3f}"
+                f"{' *' if improved else ''}", highlight=False)
         if on_epoch is not None:  # after the save: a sweep that prunes here leaves a resumable run
             on_epoch(fold, row)
-        if cfg.train.early_stopping and epoch + 1 - state.best_epoch >= cfg.train.early_stopping:
+        if cfg.train.early_stopping and not full and epoch + 1 - state.best_epoch >= cfg.train.early_stopping:
             say(f"fold {fold}: early stop, no better F1 for {cfg.train.early_stopping} epochs")
             break
     acc.end_training()
     best = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
     if acc.is_main_process:
-        probs, rows = runs.read_fold_validation(out)
-        runs.write_confusion(out, df["label"].to_numpy()[rows], probs.argmax(1))
+        if not full:
+            probs, rows = runs.read_fold_validation(out)
+            runs.write_confusion(out, df["label"].to_numpy()[rows], probs.argmax(1))
         runs.mark_done(out, state.best_epoch, best)
     if torch.cuda.is_available():  # frees GPU memory for the next fold; on CPU it would only run the GC
         acc.free_memory()
@@ -175,13 +183,19 @@ class TrainResult:
 
 def train(cfg: Config, out: Path | str, folds: list[int] | None = None, resume: bool = False,
           force: bool = False, on_epoch: EpochHook | None = None) -> TrainResult:
-    """Trains the given folds (default: cfg.data.fold) into run folder `out`; `on_epoch` sees each epoch's
-    validation scores (a sweep's pruner raises from it)."""
+    """Trains the given folds (default: cfg.data.fold; [runs.FULL]: one model on every person) into run
+    folder `out`; `on_epoch` sees each epoch's validation scores (a sweep's pruner raises from it)."""
     out = Path(out)
     folds = [cfg.data.fold] if folds is None else folds
-    bad = [k for k in folds if not 0 <= k < cfg.data.folds]
+    full = runs.FULL in folds
+    if full and len(folds) > 1:
+        raise CompError("--folds full trains one model on every person; train the k folds into another --out")
+    bad = [k for k in folds if not 0 <= k < cfg.data.folds and k != runs.FULL]
     if bad:
         raise CompError(f"fold {bad[0]} does not exist: data.folds={cfg.data.folds} gives folds 0..{cfg.data.folds - 1}")
+    if resume and (any(out.glob("fold[0-9]*")) if full else runs.fold_dir(out, runs.FULL).exists()):
+        raise CompError(f"{out}: holds {'k-fold' if full else 'full-data'} models, and a run is one or the other; "
+                        f"train {'--folds full' if full else 'these folds'} into another --out")
     check_config(cfg)
     df = runs.train_frame(cfg)  # reads and validates the data (and makes the crops) before the run exists
     fresh = force or not (out / "config.yaml").exists()
@@ -201,6 +215,7 @@ def train(cfg: Config, out: Path | str, folds: list[int] | None = None, resume: 
         raise
     trained = runs.trained_folds(out)
     oof = runs.write_held_out(out, df, trained)
-    runs.write_run_info(out, {"name": cfg.name, "folds": trained, "best": {r.fold: r.best for r in results},
+    runs.write_run_info(out, {"name": cfg.name, "folds": ["full"] if full else trained,
+                              "best": {runs.fold_name(r.fold): r.best for r in results},
                               "oof": oof, "images": len(df), "people": int(df["person"].nunique())})
     return TrainResult(out, results, oof)

@@ -126,21 +126,23 @@ class _Subset(torch.utils.data.Dataset):
 
 def create_loaders(cfg: Config, df: pd.DataFrame, fold: int):
     """Train loader (augmented, drawn afresh each epoch by its sampler) and validation loader of one fold,
-    with the train-frame rows of each."""
+    with the train-frame rows of each. The full-data fold trains on every image and has no validation loader."""
     c = cfg.data
     # One cache over every train image: all folds (and later runs at this size) share it.
     store = build_store(df["path"].tolist(), tuple(c.size), c.cache, c.cache_dir, c.workers, "caching train images")
     labels = df["label"].to_numpy()
-    in_val = df["fold"].to_numpy() == fold
+    in_val = df["fold"].to_numpy() == fold  # none for the full-data fold
     tr_idx, va_idx = np.flatnonzero(~in_val), np.flatnonzero(in_val)
-    if len(tr_idx) < 2 or len(va_idx) < 1:
-        raise CompError(f"fold {fold}: {len(tr_idx)} train and {len(va_idx)} validation images; need more people")
+    if len(tr_idx) < 2 or (len(va_idx) < 1 and fold != runs.FULL):
+        raise CompError(f"fold {runs.fold_name(fold)}: {len(tr_idx)} train and {len(va_idx)} validation images; "
+                        "need more people")
     weights = sampler_weights(labels[tr_idx], L.N_CLASSES) if c.sampler == "weighted" else None
     sampler = EpochSampler(len(tr_idx), cfg.train.seed, weights)
     train_ds = _Subset(ImageDataset(store, labels, build_augment(cfg.augment.preset, cfg.augment.ops)), tr_idx)
     batch = min(cfg.train.batch_size, len(tr_idx) - len(tr_idx) % 2)  # Mixup needs an even batch
     train_loader = make_loader(train_ds, batch, c.workers, sampler=sampler, drop_last=True)
-    val_loader = make_loader(_Subset(ImageDataset(store, labels), va_idx), cfg.predict.batch_size, c.workers)
+    val_loader = (make_loader(_Subset(ImageDataset(store, labels), va_idx), cfg.predict.batch_size, c.workers)
+                  if len(va_idx) else None)
     return train_loader, val_loader, tr_idx, va_idx
 
 
@@ -171,9 +173,13 @@ class TrainState:
         self.__dict__.update(json.loads(sd["json"]))
 
     def record(self, row: dict) -> bool:
-        """Adds a finished epoch's row; True when its validation macro F1 is the best so far."""
+        """Adds a finished epoch's row; True when its validation macro F1 is the best so far, and always
+        without validation (the full-data fold: its model is the last epoch's)."""
         self.history.append(row)
         self.epoch = row["epoch"]
+        if "f1" not in row:
+            self.best_epoch = row["epoch"]
+            return True
         if row["f1"] > self.best_f1:
             self.best_f1, self.best_epoch = row["f1"], row["epoch"]
             return True
@@ -196,7 +202,7 @@ class Fold:
     ema: ModelEmaV3 | None
     normalize: Normalizer
     train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None  # None for the full-data fold
     val_rows: np.ndarray  # train-frame rows of the validation images
     y_val: torch.Tensor  # their labels
     state: TrainState
@@ -219,7 +225,7 @@ def build_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, log_with: li
                               log_with=log_with or None, project_dir=str(out))
     from accelerate.utils import set_seed
 
-    set_seed(tc.seed + fold)
+    set_seed(tc.seed + (cfg.data.folds if fold == runs.FULL else fold))  # fold k: seed + k; full: after the last
     train_loader, val_loader, tr_idx, va_idx = create_loaders(cfg, df, fold)
     head = Head(cfg.model.head, cfg.model.head_weights)
     model = create_model(cfg.model, head)
@@ -235,7 +241,8 @@ def build_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, log_with: li
         layer_decay=cfg.optim.layer_decay if cfg.optim.layer_decay < 1 else None)
     if tc.compile:
         model = torch.compile(model)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    val_loader = accelerator.prepare(val_loader) if val_loader is not None else None
     updates_per_epoch = max(1, math.ceil(len(train_loader) / tc.grad_accum))
     scheduler = create_scheduler(optimizer, cfg.sched, tc.epochs, updates_per_epoch)
     # warm-up: the decay ramps towards ema_decay, so short runs are not dominated by the random init
