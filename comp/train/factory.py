@@ -241,8 +241,10 @@ def build_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, log_with: li
         layer_decay=cfg.optim.layer_decay if cfg.optim.layer_decay < 1 else None)
     if tc.compile:
         model = torch.compile(model)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    val_loader = accelerator.prepare(val_loader) if val_loader is not None else None
+    if val_loader is None:  # the full-data fold
+        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    else:
+        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     updates_per_epoch = max(1, math.ceil(len(train_loader) / tc.grad_accum))
     scheduler = create_scheduler(optimizer, cfg.sched, tc.epochs, updates_per_epoch)
     # warm-up: the decay ramps towards ema_decay, so short runs are not dominated by the random init
