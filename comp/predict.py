@@ -142,9 +142,7 @@ def validate(run_dirs: list[Path | str], tta: str | None = None, ckpt: str = "be
         TTA_VIEWS.check(t, "--tta")
         ys, plain, mean = [], [], []
         folds = runs.trained_folds(run)
-        if runs.is_full(run):
-            raise CompError(f"{run}: trained on every person (--folds full): nobody is held out to validate on; "
-                            "--validate the k-fold run it refits")
+        runs.require_held_out(run, "--validate")
         for k in folds:
             val = df[df["fold"] == k]
             views = run_views(run, cfg, val["path"].tolist(), t, ckpt, accelerator, folds=[k])

@@ -285,9 +285,7 @@ def make_report(run: Path | str, out: Path | str, submission: Path | str | None 
     run, out = Path(run), Path(out)
     cfg = read_run_config(run)
     folds = runs.trained_folds(run)
-    if runs.is_full(run):
-        raise CompError(f"{run}: trained on every person (--folds full): a report is built on held-out people and "
-                        "it has none; report the k-fold run it refits, with --submission for this run's CSV")
+    runs.require_held_out(run, "a report (report the k-fold run, with --submission for this run's CSV)")
     scored = load_scored(submission, truth) if submission else None  # a bad CSV fails before any work
     df = runs.train_frame(cfg)
     val = pooled_validation(run, folds, df)

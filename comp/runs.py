@@ -112,9 +112,11 @@ def is_full(run: Path | str) -> bool:
     return (fold_dir(run, FULL) / "done").exists()
 
 
-def _no_held_out(run: Path | str, what: str) -> CompError:
-    return CompError(f"{run}: trained on every person (--folds full), so nobody is held out and it has no {what}; "
-                     "use the k-fold run it refits for that")
+def require_held_out(run: Path | str, what: str) -> None:
+    """Refuses a full-data run where `what` needs held-out people, pointing to the k-fold run it refits."""
+    if is_full(run):
+        raise CompError(f"{run}: trained on every person (--folds full), so nobody is held out for {what}; "
+                        "use the k-fold run it refits for that")
 
 
 def checkpoint(run: Path | str, fold: int, which: str = "best") -> Path:
@@ -150,8 +152,8 @@ def load_run(run: Path | str, fold: int, which: str = "best") -> tuple[torch.nn.
 
 def read_oof(run: Path | str) -> pd.DataFrame:
     p = Path(run) / "oof.parquet"
-    if not p.is_file() and is_full(run):
-        raise _no_held_out(run, "out-of-fold predictions")
+    if not p.is_file():
+        require_held_out(run, "out-of-fold predictions")
     if not p.is_file():
         raise CompError(f"{p}: no out-of-fold predictions; train every fold with `comp train --folds all`")
     return pd.read_parquet(p)
@@ -160,8 +162,8 @@ def read_oof(run: Path | str) -> pd.DataFrame:
 def read_validation(run: Path | str) -> pd.DataFrame:
     """Labelled held-out predictions of the folds trained so far (all of oof.parquet when complete)."""
     p = Path(run) / "validation.parquet"
-    if not p.is_file() and is_full(run):
-        raise _no_held_out(run, "validation predictions")
+    if not p.is_file():
+        require_held_out(run, "validation predictions")
     if not p.is_file():
         raise CompError(f"{p}: no validation predictions; was {run} trained to the end of a fold?")
     return pd.read_parquet(p)

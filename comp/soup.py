@@ -42,10 +42,8 @@ class Ingredient:
 def _ingredients(inputs: list[Path]) -> list[Ingredient]:
     out = []
     for p in inputs:
-        if p.is_dir() and runs.is_full(p):
-            raise CompError(f"{p}: trained on every person (--folds full): a soup scores its ingredients on a "
-                            "held-out fold and this run has none; soup runs trained with the same --fold")
         if p.is_dir():
+            runs.require_held_out(p, "a soup, which scores its ingredients on a held-out fold")
             out += [Ingredient(p, k, runs.checkpoint(p, k), read_run_config(p)) for k in runs.trained_folds(p)]
         elif p.suffix == ".safetensors" and p.parent.name.startswith("fold") and p.parent.name[4:].isdigit():
             out.append(Ingredient(p.parent.parent, int(p.parent.name[4:]), p, read_run_config(p.parent.parent)))
