@@ -25,8 +25,9 @@ Each source s contributes one term with one parameter θ_s:
   distribution as eval) — NEW's θ is measured instead: the pool π·exp(Σ θ_j·data_j) of NEW and the
   references is fitted to the true labels on the images all of them held out (maximum likelihood, jointly,
   so that sources which err together share one weight and NEW earns weight only where it is right and the
-  references are not), and NEW keeps its fitted θ, one per bootstrap resample of those images. Twins on
-  different images only give each model's own temperature; their ratio then scales r's range.
+  references are not), and NEW keeps its fitted θ, one per bootstrap resample of those images' people (a
+  person's photos are right or wrong together). Twins on different images only give each model's own
+  temperature; their ratio then scales r's range. A twin on under MIN_TWIN_IMAGES labelled images counts as none.
 
 Anchoring: for each r (or measured θ), each reference's θ is solved (bisection, a few Gauss–Seidel rounds, NEW's θ
 following) so that its expected macro F1 under q — per-class expected TP/FP/FN — equals its known public F1.
@@ -109,6 +110,7 @@ def expected_f1(q: np.ndarray, ans: np.ndarray) -> float:
 
 THETA_RANGE = {"probs": (0.0, 8.0), "answers": (-2.0, 12.0)}
 UNKNOWN_RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)  # NEW's θ / the references' θ when nothing measures it: U(0, 1)
+MIN_TWIN_IMAGES = 100  # a twin on fewer labelled images measures nothing: a weight fitted on 3 people is noise
 
 
 def _f1_gap(base: np.ndarray, src: Source, theta: float, ref: Reference) -> float:
@@ -355,6 +357,7 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
     # (see the module docstring).
     measured = 1.0
     joint = None
+    calibration, ref_calibrations = _enough_images(calibration, ref_calibrations, new, refs, evidence)
     if calibration is not None and ref_calibrations and all(c is not None for c in ref_calibrations):
         own = [s.probs is not None for s in [new] + [r.sub for r in refs]]
         joint = measured_weight(calibration, ref_calibrations, prior, own, seed=seed)
@@ -409,6 +412,21 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
         class_changes=_class_changes(new, refs[best].sub), evidence=evidence, warnings=warnings)
 
 
+def _enough_images(calibration: Calibration | None, ref_calibrations: list[Calibration | None] | None,
+                   new: Submission, refs: list[Reference], evidence: list[str]):
+    """The twins with MIN_TWIN_IMAGES labelled images or more; a smaller one (a blend of runs that held out
+    different people meets on a handful of them) counts as none, and the evidence says so."""
+    names = [new.path.name] + [r.name for r in refs]
+    twins = [calibration] + list(ref_calibrations or [None] * len(refs))
+    small = [f"{n} ({len(t.y)})" for n, t in zip(names, twins, strict=True) if t is not None and len(t.y) < MIN_TWIN_IMAGES]
+    if not small:
+        return calibration, ref_calibrations
+    evidence.append(f"held-out predictions on too few labelled images to measure anything, not used: {', '.join(small)}"
+                    f" (under {MIN_TWIN_IMAGES})")
+    twins = [t if t is None or len(t.y) >= MIN_TWIN_IMAGES else None for t in twins]
+    return twins[0], twins[1:] if ref_calibrations is not None else None
+
+
 # ------------------------------------------------------------------------- evidence from the project
 def train_prior(data_root: Path | str | None) -> np.ndarray | None:
     """Class shares of the train set under `data_root`, or None when it cannot be read."""
@@ -431,12 +449,19 @@ def calibration_for(sub: Submission) -> Calibration | None:
     return twin_of(sub.prov, sub.probs is not None)
 
 
+def people_of(images: np.ndarray) -> np.ndarray:
+    """The person of each train image key (`<person folder>/<shot file>`): the unit a resample must draw,
+    as one person's photos share their gender and age and are right or wrong together."""
+    return np.array([str(i).rsplit("/", 1)[0] for i in images], dtype=object)
+
+
 def measured_weight(new: Calibration, refs: list[Calibration], prior: np.ndarray, use_probs: list[bool],
-                    boots: int = 5, min_images: int = 100, seed: int = 0) -> np.ndarray | None:
+                    boots: int = 5, min_images: int = MIN_TWIN_IMAGES, seed: int = 0) -> np.ndarray | None:
     """NEW's weight θ in the pool with the references, fitted jointly (fit_pool) on the labelled images that
     NEW's and every reference's models held out: how much NEW's disagreements with the references are right,
     measured. `use_probs`: per twin (NEW first), probabilities or answers. One θ per bootstrap resample of the
-    images (the fit's uncertainty). None when the held-out images do not overlap enough."""
+    people (the fit's uncertainty; resampling images would treat a person's 7 photos as 7 witnesses and
+    understate it 2-3x). None when the held-out images do not overlap enough."""
     common = common_images([new.images] + [c.images for c in refs])
     if len(common) < min_images:
         return None
@@ -446,9 +471,12 @@ def measured_weight(new: Calibration, refs: list[Calibration], prior: np.ndarray
     datas = [make_source(c.probs if p else None, c.ans, prior).data for c, p in zip(cals, use_probs, strict=True)]
     bounds = [(0.0, THETA_RANGE["probs" if p else "answers"][1]) for p in use_probs]
     rng = np.random.default_rng(seed)
+    _, person = np.unique(people_of(common), return_inverse=True)
+    photos = np.split(np.argsort(person, kind="stable"), np.cumsum(np.bincount(person))[:-1])
     thetas = []
     for b in range(boots):
-        idx = np.arange(len(common)) if b == 0 else rng.integers(0, len(common), len(common))
+        idx = np.arange(len(common)) if b == 0 else np.concatenate(
+            [photos[k] for k in rng.integers(0, len(photos), len(photos))])
         thetas.append(fit_pool([d[idx] for d in datas], prior, cals[0].y[idx], bounds)[0])
     return np.array(thetas)
 

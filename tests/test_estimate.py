@@ -201,3 +201,44 @@ def test_held_out_twins_measure_how_good_new_is():
             assert any("fitted together" in line for line in e.evidence)
     assert np.abs(err_cal).mean() < 0.5 * np.abs(err_blind).mean(), (err_cal, err_blind)
     assert np.abs(err_cal).max() < 0.08, err_cal
+
+
+def test_a_twin_on_a_handful_of_images_measures_nothing():
+    """A blend of runs that held out different people has a twin on the few images they share (21 of
+    utkmask's, 3 people); a weight fitted on those is noise and once put a model 0.11 too low. Such a twin
+    counts as none, and the evidence says so."""
+    from comp.estimate import Calibration
+
+    y, public, prior, model = _world(1, n=3000)
+    ne = 2000
+    p_new, p_ref = model(1.2), model(1.6)
+    truth = metrics.macro_f1(y[:ne][public[:ne]], p_ref[:ne].argmax(1)[public[:ne]])
+    held = np.array([f"person{k}/mask1.jpg" for k in range(len(y) - ne)], dtype=object)
+    twin_new = Calibration(p_new[ne:], p_new[ne:].argmax(1), y[ne:], held, "simulated")
+    small = Calibration(p_ref[ne:], p_ref[ne:].argmax(1), y[ne:], held, "simulated").subset(held[:21])
+    new, ref = _sub(p_new[:ne], ne), [Reference(_sub(p_ref[:ne], ne), truth, None, "ref")]
+    blind = estimate(new, ref, prior, samples=300)
+    e = estimate(new, ref, prior, twin_new, samples=300, ref_calibrations=[small])
+    assert e.f1 == pytest.approx(blind.f1, abs=1e-12)
+    assert any("too few labelled images" in line and "ref (21)" in line for line in e.evidence)
+
+
+def test_the_measured_weight_resamples_people_not_photos():
+    """A person's 7 photos share gender and age and are right or wrong together: seven copies of each
+    person must not make the measured weight look more certain than one photo each does."""
+    from comp.estimate import Calibration, measured_weight
+
+    y, _, prior, model = _world(2, n=400)
+    p_new, p_ref = model(1.4), model(1.2)
+
+    def twins(copies):
+        images = np.array([f"{k:04d}_female_Asian_40/shot{j}.jpg" for k in range(len(y)) for j in range(copies)],
+                          dtype=object)
+        rep = lambda a: np.repeat(a, copies, axis=0)  # noqa: E731
+        return [Calibration(rep(p), rep(p.argmax(1)), rep(y), images, "simulated") for p in (p_new, p_ref)]
+
+    spread = {}
+    for copies in (1, 7):
+        new, ref = twins(copies)
+        spread[copies] = measured_weight(new, [ref], prior, [True, True], boots=40, seed=3).std()
+    assert spread[7] > 0.7 * spread[1], spread  # photo resampling gives about 1/sqrt(7) = 0.38
