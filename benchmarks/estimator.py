@@ -3,6 +3,7 @@ on three pools of real predictions it must not flatter: it plays the leaderboard
 
     python benchmarks/estimator.py --data ../shared/datasets/utkmask [--work benchmarks/out/estimator]
         [--runs RUN ...] [--strong RUN ...] [--foreign DIR] [--no-train] [--pools comp,strong,foreign]
+        [--protocols play,decide]
     python benchmarks/estimator.py --summarize WORK/estimates-comp.csv OTHER/estimates-strong.csv ...
         (the tables again, and the mean over pools played in separate runs)
 
@@ -23,6 +24,10 @@ Each CSV of a pool is NEW once, with the other CSVs of its pool as what the team
 - best 3:  the best three others, with the ledger's self-check;
 - ledger:  every other scored CSV known (`comp estimate` in ledger mode: the best 5 as references, the
            self-check and winner's curse from all of them).
+The decide protocol (`--protocols decide`) asks what a team asks before spending a slot, "does NEW beat REF?",
+of close calls: each CSV against the closest CSV it beats and the closest it trails by >= 0.005 (against the
+best other only the pool's top CSV can beat it, one case per pool), with no ledger; comp's 1-ref rows are
+also split by what measured NEW (held-out twins on the same images, on other images, or CSVs alone).
 The team formula F1_new ~ F1_best . agreement(new, best) . c has c from the 2nd best (1 ref) or from every
 other CSV (ledger). Columns: MAE, bias, worst error, MAE over pairs agreeing >= 80 %, 90 %-interval
 coverage, and decision accuracy on "does NEW beat the best?" for NEWs that beat it by >= 0.005 and for those
@@ -41,7 +46,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from comp import metrics
+from comp import metrics, runs
 from comp.config import load_config
 from comp.data.reader import read_truth
 from comp.ensemble import blend_files, fit, held_out
@@ -78,7 +83,7 @@ def make_csvs(data: Path, work: Path, extra_runs: list[Path], train: bool, conso
         run_dirs.append(out)
     csvs = []
     for run in run_dirs:
-        for ckpt in ("best", "last"):
+        for ckpt in ("best",) if runs.is_full(run) else ("best", "last"):  # a refit's model is its last epoch
             for tta in ("none", "flip"):
                 path = work / "csv" / f"{run.name}-{ckpt}-{tta}.csv"
                 if not path.is_file():
@@ -106,7 +111,7 @@ def make_csvs(data: Path, work: Path, extra_runs: list[Path], train: bool, conso
         blend("soft-all", ranked, "soft")
     # Fitted blends (`comp ensemble --fit`) of runs that held out the same images.
     groups: dict[tuple, list[Path]] = {}
-    for run in run_dirs:
+    for run in (r for r in run_dirs if not runs.is_full(r)):  # a refit on every person held nobody out
         groups.setdefault(tuple(held_out(run)["image"]), []).append(run)
     for group in (g for g in groups.values() if len(g) >= 2):
         path = work / "csv" / f"fit-{'+'.join(r.name for r in group)}.csv"
@@ -149,6 +154,59 @@ def play(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, console
         console.print(f"  {i + 1}/{len(names)} {new}: true {truth:.4f}, comp ledger "
                       f"{rows['comp, ledger'][-1]['est']:.4f}, formula {rows['team formula, ledger'][-1]['est']:.4f}")
     return rows
+
+
+DECIDE = ["comp, 1 ref", "comp, 2 refs", "team formula (the same 2 scores)", ORACLE]
+
+
+def _basis(e) -> str:
+    """What measured how right NEW's disagreements are: its and the references' held-out twins on the same
+    labelled images, twins on other images (temperatures), or nothing (CSVs alone)."""
+    text = " ".join(e.evidence)
+    return "same-image twins" if "fitted together" in text else "twins, other images" if "not on the same" in text \
+        else "CSVs alone"
+
+
+def decisions(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, console: Console,
+              margin: float = 0.005) -> dict:
+    """The call a team makes before spending a slot: "does NEW beat REF?". Against the pool's best other only
+    the pool's top CSV can beat it, so that protocol has one "beats" case per pool; here each NEW meets the
+    closest CSV it beats and the closest it trails (public F1 apart by >= `margin` either way), as REF with no
+    ledger. "2 refs" and the formula also know the best remaining CSV's score (the formula's c)."""
+    names = sorted(subs, key=lambda n: -truth_f1[n])
+    rows = {m: [] for m in DECIDE}
+    for new in names:
+        gaps = {r: truth_f1[new] - truth_f1[r] for r in names if r != new}
+        beaten = [r for r, g in gaps.items() if g >= margin]
+        ahead = [r for r, g in gaps.items() if g <= -margin]
+        picks = ([min(beaten, key=gaps.get)] if beaten else []) + ([max(ahead, key=gaps.get)] if ahead else [])
+        for r in picks:
+            ref = Reference(subs[r], truth_f1[r], None, r)
+            second = next(n for n in names if n not in (new, r))
+            refs2 = [ref, Reference(subs[second], truth_f1[second], None, second)]
+            base = {"new": new, "ref": r, "truth": truth_f1[new], "gap": gaps[r],
+                    "agree": float((subs[new].ans == subs[r].ans).mean())}
+            ests = [estimate_with_ledger(subs[new], use, [], prior, samples) for use in ([ref], refs2)]
+            values = [e.f1 for e in ests] + [formula(subs[new].ans, refs2), truth_f1[r] + full_f1[new] - full_f1[r]]
+            for mode, est in zip(DECIDE, values, strict=True):
+                rows[mode].append(base | {"est": est, "says_beats": est > truth_f1[r], "basis": _basis(ests[0])})
+        console.print(f"  decisions {new}: {len(picks)} pairs")
+    return rows
+
+
+def decision_table(title: str, rows: dict) -> Table:
+    t = Table(title=title)
+    for col in ("method", "NEW beats REF: says beats (n)", "NEW trails REF: says not (n)", "all (n)"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    cell = lambda v: f"{np.mean(v):.0%} (n={len(v)})" if v else "—"  # noqa: E731
+    for mode, rs in rows.items():
+        for basis in [None] + (sorted({r["basis"] for r in rs}) if mode == DECIDE[0] else []):
+            sel = [r for r in rs if basis is None or r["basis"] == basis]
+            up = [r["says_beats"] for r in sel if r["gap"] > 0]
+            down = [not r["says_beats"] for r in sel if r["gap"] < 0]
+            t.add_row(mode if basis is None else f"  of which NEW measured by {basis}", cell(up), cell(down),
+                      cell(up + down))
+    return t
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -205,6 +263,8 @@ def main():
     ap.add_argument("--pools", default="comp,strong,foreign")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="Which quick recipes to train for the comp pool.")
     ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--protocols", default="play,decide", help="play: each CSV against the best others; decide: "
+                    "each CSV against the closest CSV it beats and the closest it trails.")
     ap.add_argument("--summarize", type=Path, nargs="+", help="Only print the tables of saved estimates-POOL.csv files.")
     args = ap.parse_args()
     console = Console(width=220)
@@ -232,16 +292,26 @@ def main():
         subs, truth_f1, full_f1 = load_pool(csvs, truth)
         f1s = np.array(list(truth_f1.values()))
         console.print(f"[bold]{name} pool[/]: {len(subs)} distinct CSVs, public F1 {f1s.min():.3f}–{f1s.max():.3f}")
-        t = time.time()
-        rows = play(subs, truth_f1, full_f1, prior, args.samples, console)
         import pandas as pd  # every estimate, for a closer look
 
         args.work.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame([r | {"method": m} for m, rs in rows.items() for r in rs]).to_csv(
-            args.work / f"estimates-{name}.csv", index=False)
-        per_pool[name] = {m: summarize(rs) for m, rs in rows.items()}
-        console.print(table(f"{name} pool: {len(subs)} CSVs, public F1 {f1s.min():.3f}–{f1s.max():.3f} "
-                            f"({time.time() - t:.0f}s)", per_pool[name]))
+        def save(rows, what, name=name):
+            pd.DataFrame([r | {"method": m} for m, rs in rows.items() for r in rs]).to_csv(
+                args.work / f"{what}-{name}.csv", index=False)
+
+        t = time.time()
+        if "play" in args.protocols.split(","):
+            rows = play(subs, truth_f1, full_f1, prior, args.samples, console)
+            save(rows, "estimates")
+            per_pool[name] = {m: summarize(rs) for m, rs in rows.items()}
+            console.print(table(f"{name} pool: {len(subs)} CSVs, public F1 {f1s.min():.3f}–{f1s.max():.3f} "
+                                f"({time.time() - t:.0f}s)", per_pool[name]))
+        if "decide" in args.protocols.split(","):
+            t = time.time()
+            rows = decisions(subs, truth_f1, full_f1, prior, args.samples, console)
+            save(rows, "decisions")
+            console.print(decision_table(f"{name} pool: does NEW beat REF? (closest pairs >= 0.005 apart, no "
+                                         f"ledger; {time.time() - t:.0f}s)", rows))
     print_mean(per_pool, console)
 
 
