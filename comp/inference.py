@@ -64,3 +64,19 @@ def bf16_native() -> bool:
 def precision(name: str) -> str:
     """train.mixed_precision resolved: `auto` is bf16 where it runs natively, else fp32 ("no")."""
     return ("bf16" if bf16_native() else "no") if name == "auto" else name
+
+
+def make_accelerator(mixed_precision: str, **kwargs):
+    """An Accelerator at train.mixed_precision `mixed_precision` (resolved by `precision`). Accelerate keeps one
+    state per process and refuses a second precision in it (a ValueError), which a sweep whose trials vary
+    train.mixed_precision, or a script that trains and predicts at two precisions, would hit. In a single
+    process nothing outlives one training that needs that state, so it is reset; under `accelerate launch`
+    with several processes the launcher's state stands."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    wanted = precision(mixed_precision)
+    if AcceleratorState._shared_state and PartialState().num_processes == 1 \
+            and str(AcceleratorState().mixed_precision) != wanted:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=wanted, **kwargs)

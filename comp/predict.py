@@ -19,7 +19,7 @@ from .data.reader import load_truth
 from .data.tta import TTA_VIEWS
 from .errors import CompError
 from .fileio import refuse_overwrite
-from .inference import precision, predict_views
+from .inference import make_accelerator, predict_views
 from .models import normalizer
 from .submission import TWINS, Provenance, Twin, common_images, score, write_submission
 
@@ -35,7 +35,7 @@ class PredictResult:
 
 
 def _accelerator(cfgs: list[Config]) -> Accelerator:
-    return Accelerator(mixed_precision=precision(cfgs[0].train.mixed_precision))
+    return make_accelerator(cfgs[0].train.mixed_precision)
 
 
 def run_views(run: Path, cfg: Config, paths: list[str], tta: str, ckpt: str, accelerator: Accelerator,

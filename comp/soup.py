@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from . import metrics, runs
 from .config import Config, read_run_config, save_config
 from .errors import CompError
 from .fileio import atomic_dir
-from .inference import precision
+from .inference import make_accelerator
 from .models import normalizer, resolve_norm
 from .weights import IMAGENET_MEAN, IMAGENET_STD, Norm, file_norm
 
@@ -108,7 +107,7 @@ def make_soup(inputs: list[Path | str], out: Path | str, kind: str = "greedy", f
     df = runs.train_frame(cfg)
     val = df[df["fold"] == ings[0].fold]
     y = val["label"].to_numpy()
-    accelerator = Accelerator(mixed_precision=precision(cfg.train.mixed_precision))
+    accelerator = make_accelerator(cfg.train.mixed_precision)
     loader = accelerator.prepare_data_loader(runs.image_loader(cfg, val["path"].tolist(), y, desc="caching validation"))
     # built from the first checkpoint: the model carries the normalisation it recorded, so the soup's own
     # checkpoints record it too

@@ -58,18 +58,15 @@ def test_ema_is_the_decayed_average_of_the_updates(tiny_root, tmp_path):
     assert f.eval_model is f.ema.module  # what is validated and saved
 
 
-@pytest.fixture
-def own_accelerate_state():
-    """Accelerate keeps one process-wide state with the first precision asked for: a test that needs another
-    (fp32 where `auto` is bf16) starts from a fresh one and leaves a fresh one behind."""
-    from accelerate.state import AcceleratorState
+def test_one_process_trains_at_several_precisions():
+    """A sweep runs its trials in one process, and a trial may vary train.mixed_precision; Accelerate keeps
+    one state per process and refuses a second precision (ValueError) unless comp starts it afresh."""
+    from comp.inference import make_accelerator
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+    assert [make_accelerator(p).mixed_precision for p in ("bf16", "no", "bf16")] == ["bf16", "no", "bf16"]
 
 
-def test_grad_accum_2_at_batch_b_equals_batch_2b(tiny_root, tmp_path, own_accelerate_state):
+def test_grad_accum_2_at_batch_b_equals_batch_2b(tiny_root, tmp_path):
     # GroupNorm instead of BatchNorm: batch statistics would differ between 8 and 16 images.
     # SGD: unlike Adam it is not scale-invariant, so a missing 1/grad_accum would show.
     # fp32: on a CPU with bf16 instructions (AMX) `auto` is bf16 autocast, whose 2^-8 rounding differs between a

@@ -28,7 +28,7 @@ from ..data.detectors import DETECTORS
 from ..data.loader import SAMPLERS, EpochSampler, ImageDataset, Normalizer, make_loader, sampler_weights
 from ..data.tta import TTA_VIEWS
 from ..errors import CompError
-from ..inference import precision
+from ..inference import make_accelerator
 from ..models import HEADS, Head, check_freeze, check_model_name, create_model, freeze, normalizer
 from ..registry import Registry
 from ..weights import check_weights
@@ -221,8 +221,8 @@ def unwrap(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
 
 def build_fold(cfg: Config, df: pd.DataFrame, fold: int, out: Path, log_with: list[str]) -> Fold:
     tc = cfg.train
-    accelerator = Accelerator(mixed_precision=precision(tc.mixed_precision), gradient_accumulation_steps=tc.grad_accum,
-                              log_with=log_with or None, project_dir=str(out))
+    accelerator = make_accelerator(tc.mixed_precision, gradient_accumulation_steps=tc.grad_accum,
+                                   log_with=log_with or None, project_dir=str(out))
     from accelerate.utils import set_seed
 
     set_seed(tc.seed + (cfg.data.folds if fold == runs.FULL else fold))  # fold k: seed + k; full: after the last
