@@ -154,7 +154,6 @@ def read_oof(run: Path | str) -> pd.DataFrame:
     p = Path(run) / "oof.parquet"
     if not p.is_file():
         require_held_out(run, "out-of-fold predictions")
-    if not p.is_file():
         raise CompError(f"{p}: no out-of-fold predictions; train every fold with `comp train --folds all`")
     return pd.read_parquet(p)
 
@@ -164,7 +163,6 @@ def read_validation(run: Path | str) -> pd.DataFrame:
     p = Path(run) / "validation.parquet"
     if not p.is_file():
         require_held_out(run, "validation predictions")
-    if not p.is_file():
         raise CompError(f"{p}: no validation predictions; was {run} trained to the end of a fold?")
     return pd.read_parquet(p)
 
