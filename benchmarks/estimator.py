@@ -159,14 +159,6 @@ def play(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, console
 DECIDE = ["comp, 1 ref", "comp, 2 refs", "team formula (the same 2 scores)", ORACLE]
 
 
-def _basis(e) -> str:
-    """What measured how right NEW's disagreements are: its and the references' held-out twins on the same
-    labelled images, twins on other images (temperatures), or nothing (CSVs alone)."""
-    text = " ".join(e.evidence)
-    return "same-image twins" if "fitted together" in text else "twins, other images" if "not on the same" in text \
-        else "CSVs alone"
-
-
 def decisions(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, console: Console,
               margin: float = 0.005) -> dict:
     """The call a team makes before spending a slot: "does NEW beat REF?". Against the pool's best other only
@@ -189,7 +181,7 @@ def decisions(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, co
             ests = [estimate_with_ledger(subs[new], use, [], prior, samples) for use in ([ref], refs2)]
             values = [e.f1 for e in ests] + [formula(subs[new].ans, refs2), truth_f1[r] + full_f1[new] - full_f1[r]]
             for mode, est in zip(DECIDE, values, strict=True):
-                rows[mode].append(base | {"est": est, "says_beats": est > truth_f1[r], "basis": _basis(ests[0])})
+                rows[mode].append(base | {"est": est, "says_beats": est > truth_f1[r], "basis": ests[0].measured_by})
         console.print(f"  decisions {new}: {len(picks)} pairs")
     return rows
 

@@ -232,6 +232,7 @@ class Estimate:
     warnings: list[str] = field(default_factory=list)
     raw_f1: float | None = None  # before the ledger's self-calibration (None: none applied)
     self_check: str | None = None  # the ledger's leave-one-out line: how far to trust this estimate
+    measured_by: str = "CSVs alone"  # what measured NEW's weight: "same-image twins", "twins, other images"
 
     def as_json(self) -> dict:
         r = lambda x: round(float(x), 4)  # noqa: E731
@@ -357,12 +358,13 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
     # (see the module docstring).
     measured = 1.0
     joint = None
+    measured_by = "CSVs alone"
     calibration, ref_calibrations = _enough_images(calibration, ref_calibrations, new, refs, evidence)
     if calibration is not None and ref_calibrations and all(c is not None for c in ref_calibrations):
         own = [s.probs is not None for s in [new] + [r.sub for r in refs]]
         joint = measured_weight(calibration, ref_calibrations, prior, own, seed=seed)
         if joint is not None:
-            kinds = own
+            kinds, measured_by = own, "same-image twins"
             evidence.append(f"held-out predictions of NEW's and the references' models on the same labelled images "
                             f"({calibration.note}), fitted together: NEW's weight θ = {joint[0]:.2f} "
                             f"(bootstrap {joint.min():.2f}–{joint.max():.2f})")
@@ -371,7 +373,7 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
                                     prior, calibration.y)
             t_refs = [fit_temperature(make_source(c.probs if use_probs else None, c.ans, prior), prior, c.y)
                       for c in ref_calibrations]
-            measured = t_new / max(float(np.mean(t_refs)), 1e-6)
+            measured, measured_by = t_new / max(float(np.mean(t_refs)), 1e-6), "twins, other images"
             evidence.append(f"held-out predictions of NEW's and the references' models (not on the same images): "
                             f"NEW {measured:.2f}x as sure as the references ({calibration.note})")
     for r, probs in zip(refs, kinds[1:], strict=True):
@@ -409,7 +411,8 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
         accuracy_interval=None if acc_draws is None else tuple(np.quantile(acc_draws, [0.05, 0.95]).tolist()),
         p_better=float((f1_draws > refs[best].f1 + 1e-12).mean()), best_ref=refs[best].name,
         best_ref_f1=refs[best].f1, agreement=[_agreement(new, r) for r in refs],
-        class_changes=_class_changes(new, refs[best].sub), evidence=evidence, warnings=warnings)
+        class_changes=_class_changes(new, refs[best].sub), evidence=evidence, warnings=warnings,
+        measured_by=measured_by)
 
 
 def _enough_images(calibration: Calibration | None, ref_calibrations: list[Calibration | None] | None,

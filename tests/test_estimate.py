@@ -198,7 +198,7 @@ def test_held_out_twins_measure_how_good_new_is():
             err_blind.append(estimate(new, ref, prior, samples=400, seed=seed).f1 - truth(p_new))
             e = estimate(new, ref, prior, twin(p_new), samples=400, seed=seed, ref_calibrations=[twin(p_ref)])
             err_cal.append(e.f1 - truth(p_new))
-            assert any("fitted together" in line for line in e.evidence)
+            assert any("fitted together" in line for line in e.evidence) and e.measured_by == "same-image twins"
     assert np.abs(err_cal).mean() < 0.5 * np.abs(err_blind).mean(), (err_cal, err_blind)
     assert np.abs(err_cal).max() < 0.08, err_cal
 
@@ -221,6 +221,7 @@ def test_a_twin_on_a_handful_of_images_measures_nothing():
     e = estimate(new, ref, prior, twin_new, samples=300, ref_calibrations=[small])
     assert e.f1 == pytest.approx(blind.f1, abs=1e-12)
     assert any("too few labelled images" in line and "ref (21)" in line for line in e.evidence)
+    assert e.measured_by == "CSVs alone"
 
 
 def test_the_measured_weight_resamples_people_not_photos():
