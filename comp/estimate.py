@@ -532,7 +532,7 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
     """The estimate from the best MAX_REFS of `refs`, with the winner's curse of having picked them from
     `ledger`, and the ledger's leave-one-out self-check (>= 3 scored submissions). `memo` keeps leave-one-out
     estimates by (submission, references) across calls (the benchmark's many NEWs on one ledger)."""
-    from .selfcal import agreement, formula, leave_one_out
+    from .selfcal import agreement, choose_reference_count, formula
 
     refs = sorted(refs, key=lambda r: -r.f1)[:MAX_REFS]
     twins = {} if twins is None else twins
@@ -555,12 +555,18 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
             memo[key] = e
         return memo[key]
 
+    exact = any(np.array_equal(r.sub.ans, new.ans) for r in refs)
+    checked = self_check and len(ledger) >= 3 and not exact
+    why = None
+    if checked:
+        cal, n_use, why = choose_reference_count(ledger, len(refs), loo_run, progress)
+        refs = refs[:n_use]
     est = run(new, refs, ledger if len(ledger) >= 3 else [], samples)
     if prior is not None and prior_note:
         est.evidence.insert(0, prior_note)
-    exact = any(np.array_equal(r.sub.ans, new.ans) for r in refs)
-    if self_check and len(ledger) >= 3 and not exact:
-        cal = leave_one_out(ledger, len(refs), loo_run, progress)
+    if why:
+        est.evidence.append(why)
+    if checked:
         raw = est.f1
         est = cal.apply(est, 1 - agreement(new.ans, refs[0].sub.ans), formula(new.ans, ledger))
         est.raw_f1, est.self_check = raw, cal.line()

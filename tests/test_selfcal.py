@@ -167,3 +167,30 @@ def test_the_team_formula_is_best_times_agreement_times_c():
     c = 0.5 / (0.6 * 0.8)
     assert formula(new, [other, best]) == pytest.approx(0.6 * agreement(new, best.sub.ans) * c)
     assert formula(new, [best]) == pytest.approx(0.6 * agreement(new, best.sub.ans))
+
+
+@pytest.mark.parametrize("skewed_count", ["several", "one"])
+def test_the_ledger_picks_how_many_references_by_how_they_did_on_it(monkeypatch, skewed_count):
+    # References that err together (a vote and its own inputs) make the several-reference estimate too sure;
+    # the ledger's leave-one-out shows it. Here every estimate from `skewed_count` references is made 0.06
+    # too high: the estimate must use the other count, and say so only when that is the best one alone.
+    import comp.estimate as E
+
+    y, public, prior, model, refs = _ledger(strengths=(1.0, 1.15, 1.3, 1.45, 1.6))
+    real = E.estimate
+
+    def skewed(new, use, *args, **kw):
+        e = real(new, use, *args, **kw)
+        if (len(use) > 1) == (skewed_count == "several"):
+            lo, hi = e.f1_interval
+            e = Estimate(e.f1 + 0.06, (lo + 0.06, hi + 0.06), None, None, e.p_better, e.best_ref, e.best_ref_f1,
+                         evidence=e.evidence)
+        return e
+
+    monkeypatch.setattr(E, "estimate", skewed)
+    new = _sub(model(1.35), len(y))
+    truth = metrics.macro_f1(y[public], new.ans[public])
+    e = E.estimate_with_ledger(new, refs, refs, prior, samples=300)
+    alone = any("the best one alone" in line for line in e.evidence)
+    assert alone == (skewed_count == "several"), e.evidence
+    assert abs(e.raw_f1 - truth) < 0.04, (e.raw_f1, truth)
