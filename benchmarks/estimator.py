@@ -26,8 +26,10 @@ Each CSV of a pool is NEW once, with the other CSVs of its pool as what the team
            self-check and winner's curse from all of them).
 The decide protocol (`--protocols decide`) asks what a team asks before spending a slot, "does NEW beat REF?",
 of close calls: each CSV against the closest CSV it beats and the closest it trails by >= 0.005 (against the
-best other only the pool's top CSV can beat it, one case per pool), with no ledger; comp's 1-ref rows are
+best other only the pool's top CSV can beat it, one case per pool), with no ledger, and once more with every
+other CSV in the ledger (`comp estimate NEW --ref REF` where a team has scored them); comp's 1-ref rows are
 also split by what measured NEW (held-out twins on the same images, on other images, or CSVs alone).
+Ledger mode: the best 5 as references, or the best one alone where the ledger's leave-one-out says it did better.
 The team formula F1_new ~ F1_best . agreement(new, best) . c has c from the 2nd best (1 ref) or from every
 other CSV (ledger). Columns: MAE, bias, worst error, MAE over pairs agreeing >= 80 %, 90 %-interval
 coverage, and decision accuracy on "does NEW beat the best?" for NEWs that beat it by >= 0.005 and for those
@@ -156,7 +158,7 @@ def play(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, console
     return rows
 
 
-DECIDE = ["comp, 1 ref", "comp, 2 refs", "team formula (the same 2 scores)", ORACLE]
+DECIDE = ["comp, 1 ref", "comp, 2 refs", "comp, 1 ref + self-check", "team formula (the same 2 scores)", ORACLE]
 
 
 def decisions(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, console: Console,
@@ -164,9 +166,11 @@ def decisions(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, co
     """The call a team makes before spending a slot: "does NEW beat REF?". Against the pool's best other only
     the pool's top CSV can beat it, so that protocol has one "beats" case per pool; here each NEW meets the
     closest CSV it beats and the closest it trails (public F1 apart by >= `margin` either way), as REF with no
-    ledger. "2 refs" and the formula also know the best remaining CSV's score (the formula's c)."""
+    ledger. "2 refs" and the formula also know the best remaining CSV's score (the formula's c); "+ self-check"
+    is `comp estimate NEW --ref REF` as a team runs it, with every other CSV of the pool in its ledger."""
     names = sorted(subs, key=lambda n: -truth_f1[n])
     rows = {m: [] for m in DECIDE}
+    memo, twins = {}, {}
     for new in names:
         gaps = {r: truth_f1[new] - truth_f1[r] for r in names if r != new}
         beaten = [r for r, g in gaps.items() if g >= margin]
@@ -178,7 +182,9 @@ def decisions(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, co
             refs2 = [ref, Reference(subs[second], truth_f1[second], None, second)]
             base = {"new": new, "ref": r, "truth": truth_f1[new], "gap": gaps[r],
                     "agree": float((subs[new].ans == subs[r].ans).mean())}
-            ests = [estimate_with_ledger(subs[new], use, [], prior, samples) for use in ([ref], refs2)]
+            ledger = [Reference(subs[n], truth_f1[n], None, n) for n in names if n != new]
+            ests = [estimate_with_ledger(subs[new], use, led, prior, samples, memo=memo, twins=twins)
+                    for use, led in (([ref], []), (refs2, []), ([ref], ledger))]
             values = [e.f1 for e in ests] + [formula(subs[new].ans, refs2), truth_f1[r] + full_f1[new] - full_f1[r]]
             for mode, est in zip(DECIDE, values, strict=True):
                 rows[mode].append(base | {"est": est, "says_beats": est > truth_f1[r], "basis": ests[0].measured_by})
