@@ -189,20 +189,13 @@ def data_crop(
 
 # --------------------------------------------------------------------------------------------- train
 def _parse_folds(fold: int | None, folds: str | None, n: int) -> list[int] | None:
-    from .runs import FULL
+    from .runs import parse_folds
 
     if fold is not None and folds is not None:
         raise CompError("give --fold K or --folds all|full|K,K,..., not both")
     if folds is None:
         return None if fold is None else [fold]
-    if folds == "all":
-        return list(range(n))
-    if folds == "full":
-        return [FULL]
-    try:
-        return sorted({int(k) for k in folds.split(",")})
-    except ValueError:
-        raise CompError(f"--folds {folds!r}: expected all, full or a list like 0,2") from None
+    return parse_folds(folds, n)
 
 
 @app.command("train")

@@ -88,6 +88,25 @@ def image_loader(cfg: Config, paths: list[str], labels=None, batch_size: int | N
 FULL = -1
 
 
+def parse_folds(spec: str, n_folds: int, full: str | None = None) -> list[int]:
+    """`--folds` of `comp train` and `comp sweep`: "all" | "full" | "K,K,..." → sorted fold numbers ([FULL] for
+    "full"). `full`: when given, "full" is refused with that reason (a sweep scores held-out people)."""
+    if spec == "all":
+        return list(range(n_folds))
+    if spec == "full":
+        if full is not None:
+            raise CompError(f"--folds full: {full}")
+        return [FULL]
+    try:
+        folds = sorted({int(k) for k in spec.split(",")})
+    except ValueError:
+        raise CompError(f"--folds {spec!r}: expected all{'' if full else ', full'} or a list like 0,2") from None
+    bad = [k for k in folds if not 0 <= k < n_folds]
+    if bad:
+        raise CompError(f"--folds {spec}: fold {bad[0]} does not exist; data.folds={n_folds} gives 0..{n_folds - 1}")
+    return folds
+
+
 def fold_name(fold: int) -> str:
     return "full" if fold == FULL else str(fold)
 

@@ -443,21 +443,12 @@ KNOBS = {"pruner": ("--pruner", "median"), "prune_startup": ("--prune-startup", 
 
 def parse_folds(spec: str | None, n_folds: int) -> list[int] | None:
     """None (data.fold) | "all" | "0,2" → the folds a trial trains (None: data.fold)."""
+    from .runs import parse_folds as parse
+
     if spec is None:
         return None
-    if spec == "all":
-        return list(range(n_folds))
-    if spec == "full":
-        raise CompError("--folds full: a sweep scores each trial on held-out people, and a full-data run has none; "
-                        "sweep on a fold, then refit the best with `comp train --folds full`")
-    try:
-        folds = sorted({int(k) for k in spec.split(",")})
-    except ValueError:
-        raise CompError(f"--folds {spec!r}: expected all or a list like 0,2") from None
-    bad = [k for k in folds if not 0 <= k < n_folds]
-    if bad:
-        raise CompError(f"--folds {spec}: fold {bad[0]} does not exist; data.folds={n_folds} gives 0..{n_folds - 1}")
-    return folds
+    return parse(spec, n_folds, full="a sweep scores each trial on held-out people, and a full-data "
+                            "run has none; sweep on a fold, then refit the best with `comp train --folds full`")
 
 
 def parse_keep(spec: str | None) -> int | None:

@@ -234,3 +234,13 @@ def test_full_run_trains_every_person_for_every_epoch_and_predicts(tiny_root, ti
         train(cfg, run, folds=[0], resume=True)
     with pytest.raises(CompError, match="one model on every person"):
         train(cfg, tmp_path / "mixed", folds=[0, runs.FULL])
+
+
+def test_train_folds_are_checked_before_anything_is_written(tmp_path, tiny_root):
+    # `comp train --folds` and `comp sweep --folds` read one spec the same way: a typo or a fold that does not
+    # exist is one clear line and no run folder.
+    for spec, says in (("7", "fold 7 does not exist"), ("0;1", "expected all, full or a list")):
+        run = tmp_path / f"run{len(spec)}"
+        out = CliRunner().invoke(app, ["train", "--folds", spec, "-o", str(run), "--set", f"data.root={tiny_root}"])
+        assert out.exit_code != 0 and says in out.output, out.output
+        assert not run.exists()
