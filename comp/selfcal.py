@@ -207,9 +207,12 @@ def choose_reference_count(refs: list[Reference], n_refs: int, run: Callable[[Re
     if n_refs <= 1 or len(refs) < 3:
         return leave_one_out(refs, n_refs, run, progress), n_refs, None
     k = len(refs)
-    step = (lambda done, _total, base: progress(base + done, 2 * k)) if progress else None
-    many = leave_one_out(refs, n_refs, run, step and (lambda d, t: step(d, t, 0)))
-    one = leave_one_out(refs, 1, run, step and (lambda d, t: step(d, t, k)))
+
+    def part(base: int):  # one progress bar over both passes
+        return (lambda done, _total: progress(base + done, 2 * k)) if progress else None
+
+    many = leave_one_out(refs, n_refs, run, part(0))
+    one = leave_one_out(refs, 1, run, part(k))
     if one.mae_comp < many.mae_comp:
         return one, 1, (f"references: the best one alone, as on this ledger it did better left-one-out than the best "
                         f"{n_refs} (MAE {one.mae_comp:.4f} against {many.mae_comp:.4f}): those err together here")
