@@ -213,14 +213,15 @@ def summarize(rows: list[dict]) -> dict:
     up = [r for r in rows if r["gap"] >= 0.005]
     down = [r for r in rows if r["gap"] <= -0.005]
     cover = [r["lo"] <= r["truth"] <= r["hi"] for r in rows if not np.isnan(r["lo"])]
+    half = [(r["hi"] - r["lo"]) / 2 for r in rows if not np.isnan(r["lo"])]
     return {"pairs": len(rows), "mae": np.abs(err).mean(), "max": np.abs(err).max(), "bias": err.mean(),
             "close": int(close.sum()), "mae_close": np.abs(err[close]).mean() if close.any() else np.nan,
-            "coverage": np.mean(cover) if cover else np.nan,
+            "coverage": np.mean(cover) if cover else np.nan, "half": np.mean(half) if half else np.nan,
             "up": np.mean([r["beats"] for r in up]) if up else np.nan, "n_up": len(up),
             "down": np.mean([not r["beats"] for r in down]) if down else np.nan, "n_down": len(down)}
 
 
-COLUMNS = ("method", "pairs", "MAE", "bias", "worst", "MAE agree≥80%", "90% coverage", "says beats (NEW ≥ best+.005)",
+COLUMNS = ("method", "pairs", "MAE", "bias", "worst", "MAE agree≥80%", "90% coverage", "mean ± width", "says beats (NEW ≥ best+.005)",
            "says not (NEW ≤ best−.005)")
 
 
@@ -232,7 +233,8 @@ def table(title: str, summaries: dict[str, dict]) -> Table:
     for mode, s in summaries.items():
         t.add_row(mode, str(s["pairs"]), f"{s['mae']:.4f}", f"{s['bias']:+.4f}", f"{s['max']:.4f}",
                   "—" if np.isnan(s["mae_close"]) else f"{s['mae_close']:.4f} (n={s['close']})",
-                  "" if np.isnan(s["coverage"]) else f"{s['coverage']:.0%}", pct(s["up"], s["n_up"]),
+                  "" if np.isnan(s["coverage"]) else f"{s['coverage']:.0%}",
+                  "" if np.isnan(s["half"]) else f"{s['half']:.4f}", pct(s["up"], s["n_up"]),
                   pct(s["down"], s["n_down"]))
     return t
 

@@ -9,7 +9,16 @@ k errors
   more one way, the further NEW is from what it knows): error ≈ a + b·(1 − agreement), a ridge fit shrunk
   towards no correction, intercept only below 5 submissions;
 - widen the interval: the model's own interval holds the public-half luck; what the ledger shows beyond it
-  is taken as extra variance growing with 1 − agreement (τ²·(1 − agreement), fitted by moments);
+  widens it, more the further NEW is from the best reference (1 − agreement = x). From 9 scored
+  submissions on, split-conformally: every half-width h becomes h + q·(x + m), m the ledger's median x and q
+  the ⌈0.9·(k + 1)⌉-th smallest of its (|honest error| − h)/(x + m), so that 90 % of the ledger's own
+  intervals would have held; q < 0 (the model's intervals too wide here) narrows them, to half at most.
+  The scale x + m: the estimator misjudges how often NEW is right where it disagrees, an error that grows
+  with how much it disagrees, but a near copy misses too (macro F1 moves more than agreement says when the
+  few answers it flips sit in a small class: a vote agreeing 99 % with the best, 0.017 off on strong pool
+  II), so the scale does not fall to 0 with x. Not a factor on h either: that near copy's tiny model interval
+  made a scale factor that stretched every interval of that pool 2.2x. Below 9 submissions (too few for a
+  90 % quantile) the excess is taken as extra variance, τ²·x, fitted by moments;
 - pit comp against the formula on the same ledger. Both are scored by honest leave-one-out errors (the
   correction for submission i is fitted without i); the final estimate blends them with the weights of
   least mean squared error (from the errors' second moments: a submission both miss alike does not decide
@@ -65,6 +74,7 @@ class LooRow:
     x: float  # 1 − agreement with the best of its references
 
 
+CONFORMAL_MIN = 9  # the least k with a 90 % split-conformal quantile: ⌈0.9·(k + 1)⌉ ≤ k
 HUBER_K = 1.345  # Huber's constant (95 % efficiency on normal errors), in robust standard deviations
 
 
@@ -113,7 +123,9 @@ class SelfCalibration:
     rows: list[LooRow]
     a: float = 0.0  # bias model: error ≈ a + b·x
     b: float = 0.0
-    tau2: float = 0.0  # extra variance per unit of x
+    tau2: float = 0.0  # extra variance per unit of x (below CONFORMAL_MIN submissions)
+    widen: float | None = None  # split-conformal: every half-width h becomes h + widen·(x + x_median)
+    x_median: float = 0.0  # (from CONFORMAL_MIN submissions on)
     mae_raw: float = 0.0  # comp's leave-one-out MAE, uncorrected
     mae_comp: float = 0.0  # corrected (each correction fitted without the submission it corrects)
     mae_formula: float | None = None
@@ -134,7 +146,12 @@ class SelfCalibration:
             honest[i] = e[i] - (ai + bi * x[i])
         resid = e - (a + b * x)
         tau2 = max(0.0, float(((resid ** 2 - h ** 2).sum()) / max(x.sum(), 1e-3)))
-        cal = cls(rows, a, b, tau2, float(np.abs(e).mean()), float(np.abs(honest).mean()))
+        cal = cls(rows, a, b, tau2, mae_raw=float(np.abs(e).mean()), mae_comp=float(np.abs(honest).mean()))
+        if len(rows) >= CONFORMAL_MIN:
+            cal.x_median = float(np.median(x))
+            scale = np.maximum(x + cal.x_median, 1e-3)
+            scores = np.sort((np.abs(honest) - np.array([r.half_width for r in rows])) / scale)
+            cal.widen = float(scores[int(np.ceil(0.9 * (len(rows) + 1))) - 1])
         f = [(r.formula - r.truth) for r in rows if r.formula is not None]
         if len(f) == len(rows):
             cal.mae_formula = float(np.abs(f).mean())
@@ -167,16 +184,25 @@ class SelfCalibration:
             share = self.formula_share(x)
             center = (1 - share) * center + share * formula_f1
         lo, hi = est.f1_interval
-        half = [est.f1 - lo, hi - est.f1]
-        extra = Z90 ** 2 * self.tau2 * x
-        lo, hi = center - float(np.sqrt(half[0] ** 2 + extra)), center + float(np.sqrt(half[1] ** 2 + extra))
+        half = np.array([est.f1 - lo, hi - est.f1])
+        if self.widen is not None:
+            half = np.maximum(half + self.widen * (x + self.x_median), half / 2)
+        else:
+            half = np.sqrt(half ** 2 + Z90 ** 2 * self.tau2 * x)
+        lo, hi = center - float(half[0]), center + float(half[1])
+        extra = not np.allclose(half, [est.f1 - est.f1_interval[0], est.f1_interval[1] - est.f1])
         shift = center - est.f1
         # P(beats the best): the draws' probability moved with the centre, as a normal approximation
         from scipy.stats import norm
 
         sd = max((hi - lo) / (2 * Z90), 1e-6)
         p = float(norm.sf((est.best_ref_f1 - center) / sd)) if shift or extra else est.p_better
-        est.evidence.append(f"{self.line()}; correction {-(self.a + self.b * x):+.4f} at agreement {1 - x:.1%}")
+        line = f"{self.line()}; correction {-(self.a + self.b * x):+.4f} at agreement {1 - x:.1%}"
+        if self.widen is not None:
+            moved = float(np.mean(half)) - (est.f1_interval[1] - est.f1_interval[0]) / 2
+            line += (f"; interval {'widened' if moved >= 0 else 'narrowed'} by {abs(moved):.4f} a side, as 90 % of "
+                     f"the ledger's own leave-one-out errors would have fitted")
+        est.evidence.append(line)
         return replace(est, f1=center, f1_interval=(lo, hi), p_better=p)
 
 
