@@ -32,8 +32,9 @@ also split by what measured NEW (held-out twins on the same images, on other ima
 Ledger mode: the best 5 as references, or the best one alone where the ledger's leave-one-out says it did better.
 The team formula F1_new ~ F1_best . agreement(new, best) . c has c from the 2nd best (1 ref) or from every
 other CSV (ledger). Columns: MAE, bias, worst error, MAE over pairs agreeing >= 80 %, 90 %-interval
-coverage, and decision accuracy on "does NEW beat the best?" for NEWs that beat it by >= 0.005 and for those
-that trail it by >= 0.005, separately. The oracle row knows every eval label and misses only which half is
+coverage and the mean half-width it took (coverage bought with width shows), and decision accuracy on
+"does NEW beat the best?" for NEWs that beat it by >= 0.005 and for those that trail it by >= 0.005,
+separately. The oracle row knows every eval label and misses only which half is
 public: the floor. Leave-one-out estimates are memoised per (CSV, references) within a pool, so the
 winner's-curse pool of a memoised one may hold the current NEW's score too (one score of many).
 """
