@@ -222,7 +222,7 @@ def summarize(rows: list[dict]) -> dict:
             "down": np.mean([not r["beats"] for r in down]) if down else np.nan, "n_down": len(down)}
 
 
-COLUMNS = ("method", "pairs", "MAE", "bias", "worst", "MAE agree≥80%", "90% coverage", "mean ± width", "says beats (NEW ≥ best+.005)",
+COLUMNS = ("method", "pairs", "MAE", "bias", "worst", "MAE agree≥80%", "90% coverage", "mean half-width", "says beats (NEW ≥ best+.005)",
            "says not (NEW ≤ best−.005)")
 
 

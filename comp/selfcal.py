@@ -149,14 +149,17 @@ class SelfCalibration:
         cal = cls(rows, a, b, tau2, mae_raw=float(np.abs(e).mean()), mae_comp=float(np.abs(honest).mean()))
         if len(rows) >= CONFORMAL_MIN:
             cal.x_median = float(np.median(x))
-            scale = np.maximum(x + cal.x_median, 1e-3)
-            scores = np.sort((np.abs(honest) - np.array([r.half_width for r in rows])) / scale)
+            scores = np.sort((np.abs(honest) - np.array([r.half_width for r in rows])) / cal.reach(x))
             cal.widen = float(scores[int(np.ceil(0.9 * (len(rows) + 1))) - 1])
         f = [(r.formula - r.truth) for r in rows if r.formula is not None]
         if len(f) == len(rows):
             cal.mae_formula = float(np.abs(f).mean())
             cal.weight_comp = blend_weight(honest, np.array(f))
         return cal
+
+    def reach(self, x):
+        """The conformal widening's unit at 1 − agreement x: x plus the ledger's median x (see the module docstring)."""
+        return np.maximum(x + self.x_median, 1e-3)
 
     def line(self) -> str:
         """The one line printed with every estimate: how the estimator did on this ledger."""
@@ -183,14 +186,13 @@ class SelfCalibration:
         if formula_f1 is not None and self.mae_formula is not None:
             share = self.formula_share(x)
             center = (1 - share) * center + share * formula_f1
-        lo, hi = est.f1_interval
-        half = np.array([est.f1 - lo, hi - est.f1])
+        model = np.array([est.f1 - est.f1_interval[0], est.f1_interval[1] - est.f1])  # the model's own half-widths
         if self.widen is not None:
-            half = np.maximum(half + self.widen * (x + self.x_median), half / 2)
+            half = np.maximum(model + self.widen * self.reach(x), model / 2)
         else:
-            half = np.sqrt(half ** 2 + Z90 ** 2 * self.tau2 * x)
+            half = np.sqrt(model ** 2 + Z90 ** 2 * self.tau2 * x)
         lo, hi = center - float(half[0]), center + float(half[1])
-        extra = not np.allclose(half, [est.f1 - est.f1_interval[0], est.f1_interval[1] - est.f1])
+        extra = not np.allclose(half, model)
         shift = center - est.f1
         # P(beats the best): the draws' probability moved with the centre, as a normal approximation
         from scipy.stats import norm
@@ -199,7 +201,7 @@ class SelfCalibration:
         p = float(norm.sf((est.best_ref_f1 - center) / sd)) if shift or extra else est.p_better
         line = f"{self.line()}; correction {-(self.a + self.b * x):+.4f} at agreement {1 - x:.1%}"
         if self.widen is not None:
-            moved = float(np.mean(half)) - (est.f1_interval[1] - est.f1_interval[0]) / 2
+            moved = float(np.mean(half - model))
             line += (f"; interval {'widened' if moved >= 0 else 'narrowed'} by {abs(moved):.4f} a side, as 90 % of "
                      f"the ledger's own leave-one-out errors would have fitted")
         est.evidence.append(line)
