@@ -15,6 +15,10 @@ Pools (each scored against the answer key `eval_truth.csv`, the same scores as .
            folds), the same four CSVs per run and their blends: close variants, pairs agreeing 80-95 %.
 - foreign: CSVs made without comp (--foreign: a folder of CSVs, with NAME.probs.npy where the maker had
            probabilities; benchmarks/foreign_pool.py makes one with a plain torch loop and scikit-learn).
+- sim:     three simulated leaderboards (SIM_POOLS, --seed; no data needed): CSVs of calibrated models of two
+           families drawn from a known world, in regimes the real pools seldom hold: a week of near-best
+           CSVs, a wide spread of strengths, one CSV far better than the rest. No CSV has a labelled twin, so
+           they test comp where it knows least (CSVs alone).
 
 Each CSV of a pool is NEW once, with the other CSVs of its pool as what the team has already scored:
 - 1 ref:   the best other CSV alone (no ledger); `+ self-check`: the others also form the ledger, so the
@@ -50,6 +54,7 @@ from rich.console import Console
 from rich.table import Table
 
 from comp import metrics, runs
+from comp.blend import combine
 from comp.config import load_config
 from comp.data.reader import read_truth
 from comp.ensemble import blend_files, fit, held_out
@@ -122,6 +127,58 @@ def make_csvs(data: Path, work: Path, extra_runs: list[Path], train: bool, conso
             fit(group, path, data, "flip", "best", force=True)
         csvs.append(path)
     return csvs
+
+
+# Simulated leaderboards: CSVs drawn from a known world, made by no training code at all, in regimes the real
+# pools seldom hold (NEW far better or far worse than the scored CSVs, two model families, blends of relatives).
+# Each model's class scores are one family's shared noise plus its own plus `strength` on the true class, and its
+# probabilities the Bayes posterior of them (calibrated); CSVs alone: nothing measures NEW. (name, family, strength
+# as a share of the best's, probabilities?) per CSV; "soft:a+b" / "vote:a+b+c" blend earlier ones.
+SIM_POOLS = {
+    "sim-week": [("a1", "A", 1.0, True), ("a2", "A", 0.97, False), ("a3", "A", 0.94, True), ("a4", "A", 0.9, True),
+                 ("a5", "A", 0.86, False), ("a6", "A", 0.8, True), ("soft:a1+a3", "", 0, True), ("vote:a1+a3+a4", "", 0, False)],
+    "sim-spread": [("a1", "A", 1.0, True), ("b1", "B", 0.9, True), ("a2", "A", 0.8, False), ("b2", "B", 0.7, True),
+                   ("a3", "A", 0.6, True), ("b3", "B", 0.5, False), ("soft:a1+b1", "", 0, True)],
+    "sim-breakthrough": [("b1", "B", 1.0, True), ("b2", "B", 0.8, False), ("a1", "A", 0.62, True), ("a2", "A", 0.6, False),
+                         ("a3", "A", 0.58, True), ("a4", "A", 0.55, True), ("vote:a1+a2+a3", "", 0, False)],
+}
+SIM_STRENGTH = 2.2  # the best model's: public F1 about 0.55-0.65 in this world, as on the real leaderboard
+SIM_SHARED = 0.85  # the share of a model's noise its family has in common: one family's CSVs agree 70-85 %
+
+
+def simulated_pool(spec: list[tuple], seed: int = 0, n: int = 3000):
+    """(subs, public F1, F1 on all images, class prior) of one simulated leaderboard."""
+    from comp.data import labels as L
+    from comp.submission import Submission
+
+    rng = np.random.default_rng(seed)
+    heads = L.decode_heads(np.arange(L.N_CLASSES))  # a competition's shares: most wear masks, few are 60+
+    prior = np.array([5 / 7, 1 / 7, 1 / 7])[heads["mask"]] * np.array([0.4, 0.6])[heads["gender"]] * \
+        np.array([0.47, 0.43, 0.10])[heads["age"]]
+    y = rng.choice(L.N_CLASSES, n, p=prior)
+    public = rng.random(n) < 0.5
+    family = {f: rng.normal(0, 1, (n, L.N_CLASSES)) for f in "AB"}
+    ids = np.array([f"s{k:05d}" for k in range(n)], dtype=object)
+    made, subs = {}, {}
+    for name, fam, share, with_probs in spec:
+        if ":" in name:
+            how, parts = name.split(":")
+            inputs = [made[x] for x in parts.split("+")]
+            ans, p = combine(how, np.stack([q.argmax(1) for q in inputs]), np.stack(inputs))
+            p = np.mean(inputs, 0) if p is None else p
+        else:
+            strength = SIM_STRENGTH * share
+            signal = np.sqrt(SIM_SHARED) * family[fam] + np.sqrt(1 - SIM_SHARED) * rng.normal(0, 1, (n, L.N_CLASSES))
+            signal[np.arange(n), y] += strength
+            logp = np.log(prior) + strength * signal  # the Bayes posterior of a Gaussian score: calibrated
+            p = np.exp(logp - logp.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            ans = p.argmax(1)
+        made[name] = p
+        subs[name] = Submission(Path(f"{name}.csv"), ids, ans.astype(np.int64), p.astype(np.float32) if with_probs else None)
+    truth_f1 = {k: metrics.macro_f1(y[public], s.ans[public]) for k, s in subs.items()}
+    full_f1 = {k: metrics.macro_f1(y, s.ans) for k, s in subs.items()}
+    return subs, truth_f1, full_f1, prior
 
 
 ORACLE = "oracle: all labels known"
@@ -261,7 +318,8 @@ def main():
     ap.add_argument("--strong", type=Path, nargs="*", default=[], help="Fine-tuned pretrained runs: the strong pool.")
     ap.add_argument("--foreign", type=Path, help="A folder of CSVs made without comp: the foreign pool.")
     ap.add_argument("--no-train", action="store_true", help="Use only the runs that exist.")
-    ap.add_argument("--pools", default="comp,strong,foreign")
+    ap.add_argument("--pools", default="comp,strong,foreign,sim")
+    ap.add_argument("--seed", type=int, default=0, help="The simulated pools' world.")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="Which quick recipes to train for the comp pool.")
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--protocols", default="play,decide", help="play: each CSV against the best others; decide: "
@@ -271,14 +329,14 @@ def main():
     console = Console(width=220)
     if args.summarize:
         return summarize_files(args.summarize, console)
-    truth = read_truth(args.data / "eval_truth.csv")
+    wanted = args.pools.split(",")
+    truth = read_truth(args.data / "eval_truth.csv") if {"comp", "strong", "foreign"} & set(wanted) else None
 
     def public_f1(path):
         sub = read_submission(path)
         return score(sub.ids, sub.ans, truth)["public"]["f1"]
 
     pools = {}
-    wanted = args.pools.split(",")
     if "comp" in wanted:
         recipes = {k: RECIPES[k] for k in args.recipes.split(",") if k}
         pools["comp"] = make_csvs(args.data, args.work / "comp", args.runs, not args.no_train, console, public_f1,
@@ -288,9 +346,11 @@ def main():
     if "foreign" in wanted and args.foreign:
         pools["foreign"] = sorted(args.foreign.glob("*.csv"))
     prior = train_prior(args.data)
+    played = {name: (*load_pool(csvs, truth), prior) for name, csvs in pools.items()}
+    if "sim" in wanted:
+        played |= {name: simulated_pool(spec, args.seed) for name, spec in SIM_POOLS.items()}
     per_pool = {}
-    for name, csvs in pools.items():
-        subs, truth_f1, full_f1 = load_pool(csvs, truth)
+    for name, (subs, truth_f1, full_f1, prior) in played.items():
         f1s = np.array(list(truth_f1.values()))
         console.print(f"[bold]{name} pool[/]: {len(subs)} distinct CSVs, public F1 {f1s.min():.3f}–{f1s.max():.3f}")
         import pandas as pd  # every estimate, for a closer look

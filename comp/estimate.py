@@ -573,4 +573,10 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
     elif self_check and not exact:
         est.evidence.append(f"no self-check: the ledger holds {len(ledger)} scored submissions (3 needed to "
                             "measure how the estimate does on them)")
+    if not checked and not exact and est.measured_by == "CSVs alone":
+        est.warnings.append("nothing measures NEW here (no held-out predictions of its runs, no self-check): the estimate "
+                            "takes NEW as anything from useless to as sure as the references, and its interval is too "
+                            "narrow where NEW is far better or far worse than them (benchmarks/estimator.py, simulated "
+                            "pools: it held 14-88 % of such NEWs, not 90 %). Score 3 submissions into the ledger "
+                            "(`comp submissions add`) or keep the run files beside the CSVs")
     return est

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from comp import metrics
 from comp.cli import app
 from comp.errors import CompError
-from comp.estimate import Reference, estimate
+from comp.estimate import Reference, estimate, estimate_with_ledger
 from comp.ledger import add, read_ledger, used_today
 from comp.submission import Submission, write_submission
 
@@ -243,3 +243,20 @@ def test_the_measured_weight_resamples_people_not_photos():
         new, ref = twins(copies)
         spread[copies] = measured_weight(new, [ref], prior, [True, True], boots=40, seed=3).std()
     assert spread[7] > 0.7 * spread[1], spread  # photo resampling gives about 1/sqrt(7) = 0.38
+
+
+def test_an_estimate_nothing_measures_says_its_interval_cannot_be_trusted():
+    """CSVs alone and no ledger to check itself on: the interval is the model's guess (simulated pools: it held
+    14-88 % of NEWs), and the user is told so; with three scored submissions the self-check sizes it instead."""
+    y, public, prior, model = _world(n=600)
+    def truth(p):
+        return metrics.macro_f1(y[public], p.argmax(1)[public])
+    ps = [model(s) for s in (1.5, 1.4, 1.3, 1.2)]
+    refs = [Reference(_sub(p, len(y)), truth(p), None, f"r{k}") for k, p in enumerate(ps[:3])]
+    new = _sub(ps[3], len(y))
+    alone = estimate_with_ledger(new, refs[:1], [], prior, samples=200)
+    assert any("nothing measures NEW" in w for w in alone.warnings), alone.warnings
+    checked = estimate_with_ledger(new, refs[:1], refs, prior, samples=200)
+    assert checked.self_check and not any("nothing measures NEW" in w for w in checked.warnings)
+    exact = estimate_with_ledger(refs[0].sub, refs[:1], [], prior, samples=200)
+    assert not exact.warnings  # NEW is the reference: its score is known
