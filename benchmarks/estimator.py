@@ -143,7 +143,7 @@ SIM_POOLS = {
                          ("a3", "A", 0.58, True), ("a4", "A", 0.55, True), ("vote:a1+a2+a3", "", 0, False)],
 }
 SIM_STRENGTH = 2.2  # the best model's: public F1 about 0.55-0.65 in this world, as on the real leaderboard
-SIM_SHARED = 0.85  # the share of a model's noise its family has in common: one family's CSVs agree 70-85 %
+SIM_SHARED = 0.85  # the share of a model's noise its family has in common: one family's CSVs agree 70-90 %
 
 
 def simulated_pool(spec: list[tuple], seed: int = 0, n: int = 3000):
