@@ -298,11 +298,14 @@ def table(title: str, summaries: dict[str, dict]) -> Table:
 
 
 def load_pool(csvs: list[Path], truth) -> tuple[dict, dict, dict]:
-    subs, seen = {}, set()
-    for p in csvs:  # identical answers (best == last checkpoint, say) are one submission, not two
-        sub = read_submission(p)
-        if (key := sub.ans.tobytes()) not in seen:
-            seen.add(key)
+    subs, seen = {}, {}
+    for p in csvs:  # identical answers (best == last checkpoint, say) are one submission, not two: the first,
+        sub = read_submission(p)  # or the first with probabilities (a team holding both estimates with them)
+        key = sub.ans.tobytes()
+        if key not in seen or (sub.probs is not None and subs[seen[key]].probs is None):
+            if key in seen:
+                del subs[seen[key]]
+            seen[key] = p.stem
             subs[p.stem] = sub
     truth_f1 = {n: score(s.ids, s.ans, truth)["public"]["f1"] for n, s in subs.items()}
     key = truth.set_index("ImageID")["ans"]
