@@ -165,7 +165,7 @@ def simulated_pool(spec: list[tuple], seed: int = 0, n: int = 3000):
             how, parts = name.split(":")
             inputs = [made[x] for x in parts.split("+")]
             ans, p = combine(how, np.stack([q.argmax(1) for q in inputs]), np.stack(inputs))
-            p = np.mean(inputs, 0) if p is None else p
+            p = np.mean(inputs, 0) if p is None else p  # a vote has none; its inputs' mean, should one be blended on
         else:
             strength = SIM_STRENGTH * share
             signal = np.sqrt(SIM_SHARED) * family[fam] + np.sqrt(1 - SIM_SHARED) * rng.normal(0, 1, (n, L.N_CLASSES))
@@ -348,8 +348,8 @@ def main():
         pools["strong"] = make_csvs(args.data, args.work / "strong", args.strong, False, console, public_f1, recipes={})
     if "foreign" in wanted and args.foreign:
         pools["foreign"] = sorted(args.foreign.glob("*.csv"))
-    prior = train_prior(args.data)
-    played = {name: (*load_pool(csvs, truth), prior) for name, csvs in pools.items()}
+    train_shares = train_prior(args.data)  # the real pools' class prior; a simulated pool brings its world's
+    played = {name: (*load_pool(csvs, truth), train_shares) for name, csvs in pools.items()}
     if "sim" in wanted:
         played |= {name: simulated_pool(spec, args.seed) for name, spec in SIM_POOLS.items()}
     per_pool = {}
