@@ -260,3 +260,27 @@ def test_an_estimate_nothing_measures_says_its_interval_cannot_be_trusted():
     assert checked.self_check and not any("nothing measures NEW" in w for w in checked.warnings)
     exact = estimate_with_ledger(refs[0].sub, refs[:1], [], prior, samples=200)
     assert not exact.warnings  # NEW is the reference: its score is known
+
+
+def test_anchoring_matches_each_reference_to_its_known_score():
+    # The estimator's one fit: each reference's weight solved so that its expected macro F1 under the
+    # posterior is its known public F1, with the other references and NEW (at a ratio of their weight) in play.
+    from comp.estimate import _f1_gap, anchor, expected_f1, make_source, posterior
+
+    y, public, prior, model = _world(3, n=800)
+    for probs in (True, False):
+        subs = [_sub(model(s), len(y)) for s in (1.2, 1.5, 1.0)]
+        refs = [Reference(s, metrics.macro_f1(y[public], s.ans[public]), None, f"r{k}") for k, s in enumerate(subs[:2])]
+        sources = [make_source(s.probs if probs else None, s.ans, prior) for s in subs]
+        assert anchor(prior, refs, sources[:2], sources[2], new_ratio=0.5) == []
+        q = posterior(prior, sources, len(y))
+        for ref in refs:  # four Gauss-Seidel rounds: each solved exactly, together to within a few 1e-4
+            assert expected_f1(q, ref.sub.ans) == pytest.approx(ref.f1, abs=5e-4)
+        assert sources[2].theta == pytest.approx(0.5 * np.mean([s.theta for s in sources[:2]]), rel=1e-9)
+        # the fast path anchoring evaluates (column sums, never q in full) is that same expected F1
+        base = np.log(prior) + sources[1].evidence() + sources[2].evidence()
+        for theta in (0.0, 0.4, 2.5):
+            logq = base + sources[0].evidence(theta)
+            full = np.exp(logq - logq.max(1, keepdims=True))
+            want = expected_f1(full / full.sum(1, keepdims=True), refs[0].sub.ans) - refs[0].f1
+            assert _f1_gap(base, sources[0], theta, refs[0]) == pytest.approx(want, abs=1e-12)
