@@ -421,7 +421,8 @@ def submissions_list(
 
 @app.command("estimate")
 def estimate_cmd(
-    new: Path = typer.Argument(..., help="The CSV to estimate (its .probs.npy / .json are used when present)."),
+    new: list[Path] = typer.Argument(..., help="The CSV to estimate (its .probs.npy / .json are used when present); "
+                                               "several: each estimated, then ranked."),
     ref: list[Path] = typer.Option(None, "--ref", help="A scored submission (repeatable; default: the ledger's)."),
     ref_f1: list[float] = typer.Option(None, "--ref-f1", help="Public F1 of each --ref, in order."),
     ref_acc: list[float] = typer.Option(None, "--ref-acc", help="Public accuracy (percent) of each --ref, in order."),
@@ -432,12 +433,13 @@ def estimate_cmd(
     self_check: bool = typer.Option(True, "--self-check/--no-self-check",
                                     help="With >= 3 scored submissions in the ledger: estimate each from the others, "
                                          "and correct and widen this estimate by how that went."),
-    json_: bool = typer.Option(False, "--json", help="Print only the JSON result."),
+    json_: bool = typer.Option(False, "--json", help="Print only the JSON result (a list of them for several CSVs)."),
 ):
-    """Estimate a CSV's public leaderboard F1 and accuracy from scored references, before submitting it."""
+    """Estimate a CSV's public leaderboard F1 and accuracy from scored references, before submitting it; given
+    several candidates, rank them (the ledger's self-check runs once for all)."""
     import json
 
-    from .estimate import estimate_file
+    from .estimate import estimate_files
     from .ui import make_progress, progress_enabled
 
     bar = make_progress() if progress_enabled() and not json_ else None
@@ -453,10 +455,28 @@ def estimate_cmd(
             if done == total:
                 bar.stop()
 
-    e = estimate_file(new, ref, ref_f1, ref_acc, folder, data, samples, self_check=self_check, progress=progress)
+    ests = estimate_files(new, ref, ref_f1, ref_acc, folder, data, samples, self_check=self_check, progress=progress)
+    true = _true_scores(new, truth) if truth is not None and (json_ or len(new) > 1) else None
     if json_:
-        print(json.dumps(e.as_json()))
+        rows = [e.as_json() | ({"true_public_f1": round(true[i], 4)} if true else {}) for i, e in enumerate(ests)]
+        print(json.dumps(rows[0] if len(new) == 1 else [{"csv": str(p)} | r for p, r in zip(new, rows, strict=True)]))
         return
+    if len(new) == 1:
+        _print_estimate(new[0], ests[0], truth)
+    else:
+        _print_ranking(new, ests, true)
+
+
+def _true_scores(paths: list[Path], truth: Path) -> list[float]:
+    """Each CSV's public F1 on an answer key (a benchmark or synthetic set): printed beside its estimate."""
+    from .data.reader import read_truth
+    from .submission import read_submission, score
+
+    key = read_truth(truth)
+    return [score(s.ids, s.ans, key)["public"]["f1"] for s in map(read_submission, paths)]
+
+
+def _print_estimate(new: Path, e, truth: Path | None) -> None:
     t = Table(title=f"estimate for {new.name}", show_header=False)
     t.add_row("public macro F1", f"[bold]{e.f1:.4f}[/]  (90% interval {e.f1_interval[0]:.4f} – {e.f1_interval[1]:.4f})")
     if e.accuracy is None:
@@ -493,6 +513,31 @@ def estimate_cmd(
     if e.self_check:
         console.print(f"[bold]self-check[/] {escape(e.self_check)} (estimate before the ledger's correction "
                       f"{e.raw_f1:.4f})", highlight=False)
+
+
+def _print_ranking(paths: list[Path], ests: list, true: list[float] | None) -> None:
+    """Several candidates, best estimate first: which to spend a slot on."""
+    order = sorted(range(len(paths)), key=lambda i: -ests[i].f1)
+    best = max(ests, key=lambda e: e.best_ref_f1)
+    t = Table(title=f"{len(paths)} candidates, best estimate first (best reference {best.best_ref}, "
+                    f"{best.best_ref_f1:.4f})")
+    cols = ["#", "CSV", "public F1", "90% interval", "P(beats best)", "agreement", "NEW measured by"]
+    for col in cols + (["true public F1"] if true else []):
+        t.add_column(col, justify="left" if col in ("CSV", "NEW measured by") else "right")
+    for rank, i in enumerate(order, start=1):
+        e = ests[i]
+        t.add_row(str(rank), paths[i].name, f"[bold]{e.f1:.4f}[/]", f"{e.f1_interval[0]:.4f} – {e.f1_interval[1]:.4f}",
+                  f"{e.p_better:.0%}", f"{e.agreement[0].overall:.1%}" if e.agreement else "",
+                  e.measured_by,
+                  *([f"{true[i]:.4f}"] if true else []))
+    console.print(t)
+    for i in order:
+        for w in dict.fromkeys(ests[i].warnings):
+            console.print(f"[yellow]warning ({escape(paths[i].name)}):[/] {escape(w)}", highlight=False)
+    checks = {e.self_check for e in ests if e.self_check}
+    for line in checks:
+        console.print(f"[bold]self-check[/] {escape(line)}", highlight=False)
+    console.print("[dim]the evidence behind one estimate: comp estimate CSV (one CSV)[/]")
 
 
 # ------------------------------------------------------------------------------------------- weights

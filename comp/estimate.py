@@ -256,7 +256,7 @@ class Estimate:
     warnings: list[str] = field(default_factory=list)
     raw_f1: float | None = None  # before the ledger's self-calibration (None: none applied)
     self_check: str | None = None  # the ledger's leave-one-out line: how far to trust this estimate
-    measured_by: str = "CSVs alone"  # what measured NEW's weight: "same-image twins", "twins, other images"
+    measured_by: str = "CSVs alone"  # what measured NEW: "same-image twins", "twins, other images", "identical to REF"
 
     def as_json(self) -> dict:
         r = lambda x: round(float(x), 4)  # noqa: E731
@@ -410,6 +410,8 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
                         "references (how much of NEW's disagreement with them is right is not measured by anything)")
     rng = np.random.default_rng(seed)
     same = [j for j, r in enumerate(refs) if np.array_equal(r.sub.ans, new.ans)]
+    if same:
+        measured_by = f"identical to {refs[same[0]].name}"
     per = -(-samples // len(settings))
     f1_parts, acc_parts, warnings = [], [], []
     curse, curse_why = 0.0, None
@@ -544,12 +546,30 @@ def estimate_file(new_path: Path | str, ref_paths: list[Path] | None = None, ref
     """`comp estimate`: NEW against --ref triples or the ledger's best MAX_REFS submissions, then, when the
     ledger (`ledger_dir`, default submissions/) holds >= 3 scored submissions, corrected and widened by how
     the same estimate did on each of them from the others (comp.selfcal)."""
-    new = read_submission(new_path)
+    return estimate_files([new_path], ref_paths, ref_f1, ref_acc, ledger_dir, data, samples, seed, self_check, progress)[0]
+
+
+def estimate_files(new_paths: list[Path | str], ref_paths: list[Path] | None = None, ref_f1: list[float] | None = None,
+                   ref_acc: list[float] | None = None, ledger_dir: Path | None = None, data: Path | None = None,
+                   samples: int = 2000, seed: int = 0, self_check: bool = True, progress=None) -> list[Estimate]:
+    """estimate_file of several candidates against the same references and ledger, in their order. The
+    ledger's self-check is the same for all of them, so its leave-one-out runs once (and `progress` reports
+    that one pass): ranking ten candidates costs little more than estimating one."""
+    news = [read_submission(p) for p in new_paths]
     refs = load_references(list(ref_paths or []), list(ref_f1 or []), ref_acc, ledger_dir)
     ledger = ledger_references(ledger_dir or Path("submissions"))
-    root = data or new.prov.data or next((r.sub.prov.data for r in refs + ledger if r.sub.prov.data), None)
-    return estimate_with_ledger(new, refs, ledger, train_prior(root), samples, seed, self_check, progress,
-                                prior_note=f"class prior: train shares of {root}")
+    root = data or next((s.prov.data for s in news + [r.sub for r in refs + ledger] if s.prov.data), None)
+    prior = train_prior(root)
+    memo, twins, passed = {}, {}, []
+
+    def first_pass(done: int, total: int) -> None:
+        if progress is not None and not passed:
+            progress(done, total)
+        if done == total:
+            passed.append(True)
+
+    return [estimate_with_ledger(new, refs, ledger, prior, samples, seed, self_check, first_pass, memo=memo, twins=twins,
+                                 prior_note=f"class prior: train shares of {root}") for new in news]
 
 
 def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Reference], prior: np.ndarray | None,

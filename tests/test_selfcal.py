@@ -170,28 +170,65 @@ def test_winners_curse_lowers_a_different_new_and_hardly_a_near_copy():
             assert drop > 0.002 and any("winner's curse" in line for line in cursed.evidence), drop
 
 
-def test_estimate_prints_the_ledger_self_check(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    y, public, prior, model, refs = _ledger(strengths=(1.0, 1.2, 1.4, 1.6))
-    ids = [f"i{k}" for k in range(len(y))]
+def _scored_ledger(tmp_path, strengths=(1.0, 1.2, 1.4, 1.6)):
+    """A ledger of scored CSVs in tmp_path/submissions, as `comp submissions add` keeps it."""
     from comp.submission import write_submission
 
+    y, public, prior, model, refs = _ledger(strengths=strengths)
+    ids = [f"i{k}" for k in range(len(y))]
     for r in refs:
         write_submission(tmp_path / f"{r.name}.csv", ids, r.sub.ans, r.sub.probs, force=True)
         res = CliRunner().invoke(app, ["submissions", "add", f"{r.name}.csv", "--public-f1", f"{r.f1:.4f}"])
         assert res.exit_code == 0, res.output
-    new = _sub(model(1.3), len(y))
-    write_submission(tmp_path / "new.csv", ids, new.ans, new.probs, force=True)
+
+    def candidate(name, strength):
+        sub = _sub(model(strength), len(y))
+        write_submission(tmp_path / name, ids, sub.ans, sub.probs, force=True)
+        return metrics.macro_f1(y[public], sub.ans[public])
+
+    return refs, candidate
+
+
+def test_estimate_prints_the_ledger_self_check(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refs, candidate = _scored_ledger(tmp_path)
+    truth = candidate("new.csv", 1.3)
     out = CliRunner().invoke(app, ["estimate", "new.csv", "--json", "--samples", "300"])
     assert out.exit_code == 0, out.output
     got = json.loads(out.stdout)
     assert got["self_check"].startswith("leave-one-out on 4 scored submissions: comp MAE")
     assert "team formula MAE" in got["self_check"] and got["raw_f1"] is not None
-    truth = metrics.macro_f1(y[public], new.ans[public])
     assert abs(got["f1"] - truth) < 0.05
     plain = json.loads(CliRunner().invoke(app, ["estimate", "new.csv", "--json", "--samples", "300",
                                                 "--no-self-check"]).stdout)
     assert plain["self_check"] is None and plain["raw_f1"] is None
+
+
+def test_several_candidates_share_one_self_check_and_are_estimated_as_alone(tmp_path, monkeypatch):
+    # A team ranks its candidates before spending slots: the ledger's leave-one-out is the same for all of
+    # them, so it runs once, and each candidate's estimate is what it would be on its own.
+    import comp.estimate as E
+
+    monkeypatch.chdir(tmp_path)
+    refs, candidate = _scored_ledger(tmp_path)
+    truths = [candidate("lo.csv", 1.1), candidate("hi.csv", 1.5)]
+    calls = []
+    real = E.estimate
+    monkeypatch.setattr(E, "estimate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    out = CliRunner().invoke(app, ["estimate", "lo.csv", "hi.csv", "s1.csv", "--json", "--samples", "300"])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    # the leave-one-out: 4 scored submissions with the best 4 and with the best one; then one per candidate
+    assert len(calls) == 2 * 4 + 3
+    assert [r["csv"] for r in rows] == ["lo.csv", "hi.csv", "s1.csv"]
+    assert rows[2]["f1"] == pytest.approx(refs[1].f1, abs=1e-4)  # a scored CSV is its own known score
+    for row, truth in zip(rows[:2], truths, strict=True):
+        alone = json.loads(CliRunner().invoke(app, ["estimate", row.pop("csv"), "--json", "--samples", "300"]).stdout)
+        assert row == alone and abs(row["f1"] - truth) < 0.05
+    assert rows[1]["f1"] > rows[0]["f1"]
+    table = CliRunner().invoke(app, ["estimate", "lo.csv", "hi.csv", "--samples", "300"])
+    assert table.exit_code == 0 and "2 candidates, best estimate first" in table.output
+    assert table.output.count("self-check") == 1, table.output
 
 
 def test_the_team_formula_is_best_times_agreement_times_c():
