@@ -605,6 +605,8 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
     checked = self_check and len(ledger) >= 3 and not exact
     why = None
     if checked:
+        for r in ledger:  # each twin built once, here, before the leave-one-out's threads ask for it
+            twin(r.sub)
         cal, n_use, why = choose_reference_count(ledger, len(refs), loo_run, progress)
         refs = refs[:n_use]
     est = run(new, refs, ledger if len(ledger) >= 3 else [], samples)
