@@ -42,6 +42,26 @@ def test_leave_one_out_removes_an_injected_bias():
     assert abs(fixed.f1 - truth) < abs(raw.f1 - truth) - 0.025, (raw.f1, fixed.f1, truth)
 
 
+def test_the_leave_one_out_is_the_same_on_one_thread_or_several(monkeypatch):
+    # Its estimates run in parallel; each row must still be its own submission's, in the ledger's order.
+    import comp.selfcal as S
+
+    y, public, prior, model, refs = _ledger(strengths=(1.0, 1.2, 1.4, 1.6, 1.8))
+
+    def run(new, use):
+        return estimate(new.sub, use, prior, samples=200)
+
+    got = {}
+    for workers in (1, 4):
+        monkeypatch.setattr(S, "LOO_WORKERS", workers)
+        got[workers] = S.choose_reference_count(refs, 3, run)
+    assert got[1][1:] == got[4][1:] and got[1][0].rows == got[4][0].rows
+    assert [r.name for r in got[4][0].rows] == [r.name for r in refs]
+    for row, ref in zip(got[4][0].rows, refs, strict=True):
+        others = sorted((r for r in refs if r is not ref), key=lambda r: -r.f1)
+        assert row.truth == ref.f1 and row.comp == run(ref, others[:got[4][1]]).f1
+
+
 def _rows(comp_err, formula_err, x, half=0.005):
     return [LooRow(f"r{i}", 0.5, 0.5 + c, half, 0.5 + f, xi) for i, (c, f, xi) in
             enumerate(zip(comp_err, formula_err, x, strict=True))]
