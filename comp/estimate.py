@@ -59,7 +59,6 @@ from .selfcal import combine
 from .submission import Submission, Twin, check_same_ids, common_images, read_submission, twin_of
 
 N = L.N_CLASSES
-_EYE = np.eye(N)
 _HEAD_MATCH = sum((L.decode_heads(np.arange(N))[h][:, None] == L.decode_heads(np.arange(N))[h][None, :]).astype(float)
                   for h in L.HEADS)  # (18, 18): heads two classes share
 

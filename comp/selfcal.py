@@ -234,9 +234,14 @@ def _passes(refs: list[Reference], counts: list[int], run: Callable[[Reference, 
             jobs.append((new, others, others[:max(1, n_refs)]))
     with ThreadPoolExecutor(LOO_WORKERS) as pool:
         futures = [pool.submit(run, new, use) for new, _, use in jobs]
-        for done, _ in enumerate(as_completed(futures), start=1):
-            if progress:
-                progress(done, len(jobs))
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                future.result()  # a failed estimate raises here
+                if progress:
+                    progress(done, len(jobs))
+        except BaseException:  # it, or Ctrl-C: stop without running the rest first
+            pool.shutdown(cancel_futures=True)
+            raise
     rows = [LooRow(new.name, new.f1, (e := f.result()).f1, (e.f1_interval[1] - e.f1_interval[0]) / 2,
                    formula(new.sub.ans, others), 1 - agreement(new.sub.ans, use[0].sub.ans))
             for (new, others, use), f in zip(jobs, futures, strict=True)]

@@ -62,6 +62,30 @@ def test_the_leave_one_out_is_the_same_on_one_thread_or_several(monkeypatch):
         assert row.truth == ref.f1 and row.comp == run(ref, others[:got[4][1]]).f1
 
 
+def test_a_failing_leave_one_out_estimate_stops_the_rest(monkeypatch):
+    # One estimate fails (a reference's twin unreadable, Ctrl-C): the error comes out at once, without the
+    # other estimates being run first.
+    import time
+
+    import comp.selfcal as S
+    from comp.errors import CompError
+
+    monkeypatch.setattr(S, "LOO_WORKERS", 1)
+    refs = _ledger(strengths=(1.0, 1.2, 1.4, 1.6, 1.8))[-1]
+    calls = []
+
+    def run(new, use):
+        calls.append(new.name)
+        time.sleep(0.05)
+        if new is refs[0]:
+            raise CompError("s0.json: unreadable")
+        return _estimate()
+
+    with pytest.raises(CompError, match="unreadable"):
+        S.choose_reference_count(refs, 3, run)
+    assert len(calls) <= 2, calls  # of 10: the first, and at most the one a worker had already taken
+
+
 def _rows(comp_err, formula_err, x, half=0.005):
     return [LooRow(f"r{i}", 0.5, 0.5 + c, half, 0.5 + f, xi) for i, (c, f, xi) in
             enumerate(zip(comp_err, formula_err, x, strict=True))]
