@@ -55,6 +55,7 @@ import numpy as np
 
 from .data import labels as L
 from .errors import CompError
+from .loocache import LooCache, digest
 from .selfcal import combine
 from .submission import Submission, Twin, check_same_ids, common_images, read_submission, twin_of
 
@@ -553,13 +554,16 @@ def estimate_files(new_paths: list[Path | str], ref_paths: list[Path] | None = N
                    samples: int = 2000, seed: int = 0, self_check: bool = True, progress=None) -> list[Estimate]:
     """estimate_file of several candidates against the same references and ledger, in their order. The
     ledger's self-check is the same for all of them, so its leave-one-out runs once (and `progress` reports
-    that one pass): ranking ten candidates costs little more than estimating one."""
+    that one pass): ranking ten candidates costs little more than estimating one. Its estimates are kept in
+    the ledger's folder for the next call (comp.loocache)."""
     news = [read_submission(p) for p in new_paths]
     refs = load_references(list(ref_paths or []), list(ref_f1 or []), ref_acc, ledger_dir)
     ledger = ledger_references(ledger_dir or Path("submissions"))
     root = data or next((s.prov.data for s in news + [r.sub for r in refs + ledger] if s.prov.data), None)
     prior = train_prior(root)
     memo, twins, passed = {}, {}, []
+    folder = Path(ledger_dir or "submissions")
+    cache = LooCache(folder) if self_check and len(ledger) >= 3 and folder.is_dir() else None
 
     def first_pass(done: int, total: int) -> None:
         if progress is not None and not passed:
@@ -567,16 +571,21 @@ def estimate_files(new_paths: list[Path | str], ref_paths: list[Path] | None = N
         if done == total:
             passed.append(True)
 
-    return [estimate_with_ledger(new, refs, ledger, prior, samples, seed, self_check, first_pass, memo=memo, twins=twins,
-                                 prior_note=f"class prior: train shares of {root}") for new in news]
+    ests = [estimate_with_ledger(new, refs, ledger, prior, samples, seed, self_check, first_pass, memo=memo, twins=twins,
+                                 prior_note=f"class prior: train shares of {root}", cache=cache) for new in news]
+    if cache is not None:
+        cache.save()
+    return ests
 
 
 def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Reference], prior: np.ndarray | None,
                          samples: int = 2000, seed: int = 0, self_check: bool = True, progress=None,
-                         memo: dict | None = None, twins: dict | None = None, prior_note: str = "") -> Estimate:
+                         memo: dict | None = None, twins: dict | None = None, prior_note: str = "",
+                         cache: LooCache | None = None) -> Estimate:
     """The estimate from the best MAX_REFS of `refs`, with the winner's curse of having picked them from
     `ledger`, and the ledger's leave-one-out self-check (>= 3 scored submissions). `memo` keeps leave-one-out
-    estimates by (submission, references) across calls (the benchmark's many NEWs on one ledger)."""
+    estimates by (submission, references) across calls (the benchmark's many NEWs on one ledger); `cache`
+    keeps them on disk by content, across runs of `comp estimate` (comp.loocache)."""
     from .selfcal import agreement, choose_reference_count, formula
 
     refs = sorted(refs, key=lambda r: -r.f1)[:MAX_REFS]
@@ -591,28 +600,54 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
         return estimate(new_sub, use, prior, twin(new_sub), draws, seed,
                         ref_calibrations=[twin(r.sub) for r in use], chosen_from=[r.f1 for r in pool])
 
+    def content(r: Reference) -> tuple:  # what a leave-one-out estimate reads of a submission (comp.loocache)
+        if id(r.sub) not in fingerprints:
+            t = twin(r.sub)
+            fingerprints[id(r.sub)] = digest(r.sub.ans, "none" if r.sub.probs is None else r.sub.probs,
+                                             *(("none",) if t is None else (t.probs if t.probs is not None else "none",
+                                                                            t.ans, t.y, t.images)))
+        return fingerprints[id(r.sub)], r.f1, r.acc
+
     def loo_run(n: Reference, use: list[Reference]) -> Estimate:
         key = (id(n.sub), tuple(id(r.sub) for r in use))
-        if memo is None or key not in memo:
-            e = run(n.sub, use, [r for r in ledger if r is not n], LOO_SAMPLES)
-            if memo is None:
-                return e
+        if memo is not None and key in memo:
+            return memo[key]
+        pool = [r for r in ledger if r is not n]
+        stored = cache.key(content(n), [content(r) for r in use], sorted(r.f1 for r in pool), prior, seed,
+                           LOO_SAMPLES) if cache is not None else None
+        hit = cache.get(stored) if cache is not None else None
+        if hit is not None:  # only its centre and interval are read (selfcal.LooRow)
+            e = Estimate(hit[0], (hit[1], hit[2]), None, None, float("nan"), use[0].name, use[0].f1)
+        else:
+            e = run(n.sub, use, pool, LOO_SAMPLES)
+            if cache is not None:
+                cache.put(stored, e.f1, *e.f1_interval)
+        if memo is not None:
             memo[key] = e
-        return memo[key]
+        return e
 
     exact = any(np.array_equal(r.sub.ans, new.ans) for r in refs)
     checked = self_check and len(ledger) >= 3 and not exact
-    why = None
+    why = why_cached = None
+    fingerprints: dict[int, str] = {}
     if checked:
-        for r in ledger:  # each twin built once, here, before the leave-one-out's threads ask for it
+        for r in ledger:  # each twin and fingerprint made once, here, before the leave-one-out's threads ask for it
             twin(r.sub)
+            if cache is not None:
+                content(r)
+        hits = cache.hits if cache is not None else 0
         cal, n_use, why = choose_reference_count(ledger, len(refs), loo_run, progress)
+        if cache is not None and cache.hits > hits:
+            why_cached = (f"self-check: {cache.hits - hits} leave-one-out estimates reused from {cache.path} (nothing "
+                          "they depend on has changed since they were made)")
         refs = refs[:n_use]
     est = run(new, refs, ledger if len(ledger) >= 3 else [], samples)
     if prior is not None and prior_note:
         est.evidence.insert(0, prior_note)
     if why:
         est.evidence.append(why)
+    if why_cached:
+        est.evidence.append(why_cached)
     if checked:
         raw = est.f1
         est = cal.apply(est, 1 - agreement(new.ans, refs[0].sub.ans), formula(new.ans, ledger))

@@ -275,6 +275,36 @@ def test_several_candidates_share_one_self_check_and_are_estimated_as_alone(tmp_
     assert table.output.count("self-check") == 1, table.output
 
 
+def test_a_second_estimate_on_an_unchanged_ledger_reuses_its_self_check(tmp_path, monkeypatch):
+    # The leave-one-out is most of an estimate's time and the same until the ledger changes: kept on disk by
+    # content, it is reused, and recomputed the moment anything it depends on changes.
+    import comp.estimate as E
+
+    monkeypatch.chdir(tmp_path)
+    refs, candidate = _scored_ledger(tmp_path)
+    candidate("new.csv", 1.3)
+    calls = []
+    real = E.estimate
+    monkeypatch.setattr(E, "estimate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+
+    def estimate_new():
+        calls.clear()
+        out = CliRunner().invoke(app, ["estimate", "new.csv", "--json", "--samples", "300"])
+        assert out.exit_code == 0, out.output
+        return json.loads(out.stdout), len(calls)
+
+    first, runs = estimate_new()
+    assert runs == 2 * 4 + 1  # the leave-one-out (best 4 and best 1) and the estimate itself
+    assert estimate_new() == (first, 1)  # the same estimate, from the kept leave-one-out
+    candidate("s4.csv", 1.7)  # a fifth scored submission: every leave-one-out estimate changes
+    assert CliRunner().invoke(app, ["submissions", "add", "s4.csv", "--public-f1", "0.6"]).exit_code == 0
+    third, runs = estimate_new()
+    assert runs == 2 * 5 + 1 and third != first
+    (tmp_path / "submissions" / ".estimate-cache.json").write_text("{half a file")  # unreadable: rebuilt
+    assert estimate_new() == (third, 2 * 5 + 1)
+    assert estimate_new() == (third, 1)
+
+
 def test_the_team_formula_is_best_times_agreement_times_c():
     ids = 10
     best = Reference(_sub(np.eye(18)[np.arange(ids) % 18], ids), 0.6, None, "best")
