@@ -16,7 +16,7 @@ LAYERS = [
     ["comp.runs"],
     ["comp.inference", "comp.train", "comp.train.*"],
     ["comp.predict", "comp.soup", "comp.ensemble", "comp.ledger"],
-    ["comp.estimate", "comp.selfcal", "comp.explain", "comp.report", "comp.sweep"],
+    ["comp.estimate", "comp.selfcal", "comp.loocache", "comp.explain", "comp.report", "comp.sweep"],
     ["comp.cli", "comp.__main__"],
 ]
 
