@@ -523,17 +523,20 @@ def _print_ranking(paths: list[Path], ests: list, true: list[float] | None) -> N
                     f"{best.best_ref_f1:.4f})")
     cols = ["#", "CSV", "public F1", "90% interval", "P(beats best)", "agreement", "NEW measured by"]
     for col in cols + (["true public F1"] if true else []):
-        t.add_column(col, justify="left" if col in ("CSV", "NEW measured by") else "right")
+        t.add_column(col, justify="left" if col in ("CSV", "NEW measured by") else "right", no_wrap=col == "CSV")
     for rank, i in enumerate(order, start=1):
         e = ests[i]
-        t.add_row(str(rank), paths[i].name, f"[bold]{e.f1:.4f}[/]", f"{e.f1_interval[0]:.4f} – {e.f1_interval[1]:.4f}",
+        t.add_row(str(rank), paths[i].name, f"[bold]{e.f1:.4f}[/]", f"{e.f1_interval[0]:.4f}–{e.f1_interval[1]:.4f}",
                   f"{e.p_better:.0%}", f"{e.agreement[0].overall:.1%}" if e.agreement else "",
-                  e.measured_by,
+                  "its known score" if e.measured_by.startswith("identical to") else e.measured_by,
                   *([f"{true[i]:.4f}"] if true else []))
     console.print(t)
+    warned: dict[str, list[str]] = {}  # a reference's warning holds for every candidate estimated against it
     for i in order:
-        for w in dict.fromkeys(ests[i].warnings):
-            console.print(f"[yellow]warning ({escape(paths[i].name)}):[/] {escape(w)}", highlight=False)
+        for w in ests[i].warnings:
+            warned.setdefault(w, []).append(paths[i].name)
+    for w, names in warned.items():
+        console.print(f"[yellow]warning ({escape(', '.join(dict.fromkeys(names)))}):[/] {escape(w)}", highlight=False)
     checks = {e.self_check for e in ests if e.self_check}
     for line in checks:
         console.print(f"[bold]self-check[/] {escape(line)}", highlight=False)
