@@ -456,27 +456,28 @@ def estimate_cmd(
                 bar.stop()
 
     ests = estimate_files(new, ref, ref_f1, ref_acc, folder, data, samples, self_check=self_check, progress=progress)
-    true = _true_scores(new, truth) if truth is not None and (json_ or len(new) > 1) else None
+    true = _true_scores(new, truth) if truth is not None else None
     if json_:
-        rows = [e.as_json() | ({"true_public_f1": round(true[i], 4)} if true else {}) for i, e in enumerate(ests)]
+        rows = [e.as_json() | ({"true_public_f1": round(true[i]["f1"], 4)} if true else {}) for i, e in enumerate(ests)]
         print(json.dumps(rows[0] if len(new) == 1 else [{"csv": str(p)} | r for p, r in zip(new, rows, strict=True)]))
         return
     if len(new) == 1:
-        _print_estimate(new[0], ests[0], truth)
+        _print_estimate(new[0], ests[0], true[0] if true else None)
     else:
         _print_ranking(new, ests, true)
 
 
-def _true_scores(paths: list[Path], truth: Path) -> list[float]:
-    """Each CSV's public F1 on an answer key (a benchmark or synthetic set): printed beside its estimate."""
+def _true_scores(paths: list[Path], truth: Path) -> list[dict]:
+    """Each CSV's public score ({"f1", "acc"}) on an answer key (a benchmark or synthetic set): printed beside its
+    estimate."""
     from .data.reader import read_truth
     from .submission import read_submission, score
 
     key = read_truth(truth)
-    return [score(s.ids, s.ans, key)["public"]["f1"] for s in map(read_submission, paths)]
+    return [score(s.ids, s.ans, key)["public"] for s in map(read_submission, paths)]
 
 
-def _print_estimate(new: Path, e, truth: Path | None) -> None:
+def _print_estimate(new: Path, e, true: dict | None) -> None:
     t = Table(title=f"estimate for {new.name}", show_header=False)
     t.add_row("public macro F1", f"[bold]{e.f1:.4f}[/]  (90% interval {e.f1_interval[0]:.4f} – {e.f1_interval[1]:.4f})")
     if e.accuracy is None:
@@ -484,13 +485,8 @@ def _print_estimate(new: Path, e, truth: Path | None) -> None:
     else:
         t.add_row("public accuracy", f"{e.accuracy:.2f}%  (90% interval {e.accuracy_interval[0]:.2f} – "
                   f"{e.accuracy_interval[1]:.2f}%)")
-    if truth is not None:
-        from .data.reader import read_truth
-        from .submission import read_submission, score
-
-        sub = read_submission(new)
-        s = score(sub.ids, sub.ans, read_truth(truth))
-        t.add_row("true score (answer key)", f"public F1 {s['public']['f1']:.4f}, accuracy {s['public']['acc']:.2f}%")
+    if true is not None:
+        t.add_row("true score (answer key)", f"public F1 {true['f1']:.4f}, accuracy {true['acc']:.2f}%")
     console.print(t)
     a = Table(title="agreement with the references")
     for col in ("reference", "all", "mask", "gender", "age"):
@@ -515,7 +511,7 @@ def _print_estimate(new: Path, e, truth: Path | None) -> None:
                       f"{e.raw_f1:.4f})", highlight=False)
 
 
-def _print_ranking(paths: list[Path], ests: list, true: list[float] | None) -> None:
+def _print_ranking(paths: list[Path], ests: list, true: list[dict] | None) -> None:
     """Several candidates, best estimate first: which to spend a slot on."""
     order = sorted(range(len(paths)), key=lambda i: -ests[i].f1)
     best = max(ests, key=lambda e: e.best_ref_f1)
@@ -529,7 +525,7 @@ def _print_ranking(paths: list[Path], ests: list, true: list[float] | None) -> N
         t.add_row(str(rank), paths[i].name, f"[bold]{e.f1:.4f}[/]", f"{e.f1_interval[0]:.4f}–{e.f1_interval[1]:.4f}",
                   f"{e.p_better:.0%}", f"{e.agreement[0].overall:.1%}" if e.agreement else "",
                   "its known score" if e.measured_by.startswith("identical to") else e.measured_by,
-                  *([f"{true[i]:.4f}"] if true else []))
+                  *([f"{true[i]['f1']:.4f}"] if true else []))
     console.print(t)
     warned: dict[str, list[str]] = {}  # a reference's warning holds for every candidate estimated against it
     for i in order:
