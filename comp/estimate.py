@@ -601,12 +601,12 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
                         ref_calibrations=[twin(r.sub) for r in use], chosen_from=[r.f1 for r in pool])
 
     def content(r: Reference) -> tuple:  # what a leave-one-out estimate reads of a submission (comp.loocache)
-        if id(r.sub) not in fingerprints:
+        if id(r.sub) not in cache.contents:
             t = twin(r.sub)
-            fingerprints[id(r.sub)] = digest(r.sub.ans, "none" if r.sub.probs is None else r.sub.probs,
+            cache.contents[id(r.sub)] = digest(r.sub.ans, "none" if r.sub.probs is None else r.sub.probs,
                                              *(("none",) if t is None else (t.probs if t.probs is not None else "none",
                                                                             t.ans, t.y, t.images)))
-        return fingerprints[id(r.sub)], r.f1, r.acc
+        return cache.contents[id(r.sub)], r.f1, r.acc
 
     def loo_run(n: Reference, use: list[Reference]) -> Estimate:
         key = (id(n.sub), tuple(id(r.sub) for r in use))
@@ -629,7 +629,6 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
     exact = any(np.array_equal(r.sub.ans, new.ans) for r in refs)
     checked = self_check and len(ledger) >= 3 and not exact
     why = why_cached = None
-    fingerprints: dict[int, str] = {}
     if checked:
         for r in ledger:  # each twin and fingerprint made once, here, before the leave-one-out's threads ask for it
             twin(r.sub)

@@ -54,6 +54,7 @@ class LooCache:
         self.old = self._read()
         self.used: dict[str, list[float]] = {}
         self.hits = 0
+        self.contents: dict[int, str] = {}  # a submission's digest by id(): hashed once per call, not per candidate
         self._lock = threading.Lock()  # the leave-one-out's threads read and write it
 
     def _read(self) -> dict:
