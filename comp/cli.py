@@ -442,6 +442,13 @@ def estimate_cmd(
     from .estimate import estimate_files
     from .ui import make_progress, progress_enabled
 
+    ledger_file = (folder / "ledger.csv").resolve()
+    if any(p.resolve() == ledger_file for p in new):  # `comp estimate submissions/*.csv` catches the ledger itself
+        new = [p for p in new if p.resolve() != ledger_file]
+        if not new:
+            raise CompError(f"{folder}/ledger.csv is the ledger, not a submission: give the CSVs to estimate")
+        if not json_:
+            console.print(f"[dim]skipped {folder}/ledger.csv: the ledger, not a submission[/]")
     bar = make_progress() if progress_enabled() and not json_ else None
     task = None
 

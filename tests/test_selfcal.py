@@ -275,6 +275,23 @@ def test_several_candidates_share_one_self_check_and_are_estimated_as_alone(tmp_
     assert table.output.count("self-check") == 1, table.output
 
 
+def test_ranking_the_ledger_folder_by_glob_skips_the_ledger_file(tmp_path, monkeypatch):
+    # `comp estimate submissions/*.csv` is how a team ranks what it holds; the glob also catches ledger.csv.
+    monkeypatch.chdir(tmp_path)
+    refs, candidate = _scored_ledger(tmp_path)
+    candidate("submissions/new.csv", 1.3)
+    glob = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "submissions").glob("*.csv"))
+    assert "submissions/ledger.csv" in glob
+    out = CliRunner().invoke(app, ["estimate", *glob, "--json", "--samples", "300"])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert sorted(r["csv"] for r in rows) == sorted(g for g in glob if g != "submissions/ledger.csv")
+    table = CliRunner().invoke(app, ["estimate", *glob, "--samples", "300"])
+    assert table.exit_code == 0 and "skipped submissions/ledger.csv" in table.output, table.output
+    alone = CliRunner().invoke(app, ["estimate", "submissions/ledger.csv"])
+    assert alone.exit_code == 2 and "is the ledger, not a submission" in alone.output
+
+
 def test_a_second_estimate_on_an_unchanged_ledger_reuses_its_self_check(tmp_path, monkeypatch):
     # The leave-one-out is most of an estimate's time and the same until the ledger changes: kept on disk by
     # content, it is reused, and recomputed the moment anything it depends on changes.
