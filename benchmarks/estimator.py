@@ -3,7 +3,7 @@ on three pools of real predictions it must not flatter: it plays the leaderboard
 
     python benchmarks/estimator.py --data ../shared/datasets/utkmask [--work benchmarks/out/estimator]
         [--runs RUN ...] [--strong RUN ...] [--foreign DIR] [--no-train] [--pools comp,strong,foreign]
-        [--protocols play,decide]
+        [--protocols play,decide,week] [--orders 4]
     python benchmarks/estimator.py --summarize WORK/estimates-comp.csv OTHER/estimates-strong.csv ...
         (the tables again, and the mean over pools played in separate runs)
 
@@ -33,6 +33,9 @@ of close calls: each CSV against the closest CSV it beats and the closest it tra
 best other only the pool's top CSV can beat it, one case per pool), with no ledger, and once more with every
 other CSV in the ledger (`comp estimate NEW --ref REF` where a team has scored them); comp's 1-ref rows are
 also split by what measured NEW (held-out twins on the same images, on other images, or CSVs alone).
+The week protocol (`--protocols week`, `--orders K`) replays the week as a team lives it: the pool's CSVs in K
+random orders (singles first, then blends), each estimated as `comp estimate NEW` on the ledger of the CSVs
+before it, against the best so far; there new records are common and the first ledgers are small.
 Ledger mode: the best 5 as references, or the best one alone where the ledger's leave-one-out says it did better.
 The team formula F1_new ~ F1_best . agreement(new, best) . c has c from the 2nd best (1 ref) or from every
 other CSV (ledger). Columns: MAE, bias, worst error, MAE over pairs agreeing >= 80 %, 90 %-interval
@@ -250,6 +253,70 @@ def decisions(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, co
     return rows
 
 
+WEEK = ["comp estimate (the ledger so far)", "comp, the best so far alone", "team formula (the ledger so far)", ORACLE]
+BLENDS = ("soft", "geo", "vote", "per", "fit")  # the pools' blend names: soft-..., per-task-..., soft:a1+b1, ...
+
+
+def is_blend(name: str) -> bool:
+    return name.split(":")[0].split("-")[0] in BLENDS
+
+
+def week(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, console: Console, orders: int = 4,
+         seed: int = 0, margin: float = 0.005) -> dict:
+    """The week as a team lives it: the pool's CSVs come in a random order (its singles first, then its blends,
+    as a team blends late), and each is estimated before it is submitted, as `comp estimate NEW` on the ledger
+    of the CSVs scored before it, against the best so far. Unlike play and decide, NEWs that beat the best so
+    far are common here (each new record), and so is a ledger too small for the self-check (the first steps).
+    `orders` random orders per pool; leave-one-out estimates are memoised per (CSV, references) across them."""
+    rng = np.random.default_rng(seed)
+    refs = {n: Reference(subs[n], truth_f1[n], None, n) for n in subs}
+    singles, blends = sorted(n for n in subs if not is_blend(n)), sorted(n for n in subs if is_blend(n))
+    rows = {m: [] for m in WEEK}
+    memo, twins = {}, {}
+    for o in range(orders):
+        order = [str(n) for n in rng.permutation(singles)] + [str(n) for n in rng.permutation(blends)]
+        for k in range(1, len(order)):
+            new = order[k]
+            ledger = sorted((refs[n] for n in order[:k]), key=lambda r: -r.f1)
+            best = ledger[0]
+            base = {"order": o, "step": k, "new": new, "truth": truth_f1[new], "best": best.name,
+                    "gap": truth_f1[new] - best.f1, "agree": float((subs[new].ans == best.sub.ans).mean())}
+            e = estimate_with_ledger(subs[new], ledger, ledger, prior, samples, memo=memo, twins=twins)
+            e1 = estimate_with_ledger(subs[new], ledger[:1], [], prior, samples, memo=memo, twins=twins)
+            for mode, est in zip(WEEK[:2], (e, e1), strict=True):
+                rows[mode].append(base | {"est": est.f1, "lo": est.f1_interval[0], "hi": est.f1_interval[1],
+                                          "p_beats": est.p_better, "says_beats": est.p_better > 0.5})
+            for mode, est in zip(WEEK[2:], (formula(subs[new].ans, ledger), best.f1 + full_f1[new] - full_f1[best.name]),
+                                 strict=True):
+                rows[mode].append(base | {"est": est, "lo": np.nan, "hi": np.nan, "p_beats": np.nan,
+                                          "says_beats": est > best.f1})
+        console.print(f"  week, order {o + 1}/{orders}: {len(order) - 1} steps, "
+                      f"{sum(r['gap'] >= margin for r in rows[WEEK[0]] if r['order'] == o)} new records")
+    return rows
+
+
+def week_table(title: str, rows: dict, margin: float = 0.005) -> Table:
+    t = Table(title=title)
+    for col in ("method", "steps", "MAE", "bias", "90% coverage", f"NEW beats the best by ≥ {margin}: says beats",
+                f"NEW trails it by ≥ {margin}: says not", "Brier of P(beats)"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    cell = lambda v: f"{np.mean(v):.0%} (n={len(v)})" if v else "—"  # noqa: E731
+    for mode, rs in rows.items():
+        for part, sel in (("", rs), ("  ledger of 1-2 (no self-check)", [r for r in rs if r["step"] < 3]),
+                          ("  ledger of 3 or more", [r for r in rs if r["step"] >= 3])):
+            if not sel:
+                continue
+            err = np.array([r["est"] - r["truth"] for r in sel])
+            cover = [r["lo"] <= r["truth"] <= r["hi"] for r in sel if not np.isnan(r["lo"])]
+            up = [r["says_beats"] for r in sel if r["gap"] >= margin]
+            down = [not r["says_beats"] for r in sel if r["gap"] <= -margin]
+            brier = [(r["p_beats"] - (r["gap"] > 0)) ** 2 for r in sel if not np.isnan(r["p_beats"])]
+            t.add_row(part or mode, str(len(sel)), f"{np.abs(err).mean():.4f}", f"{err.mean():+.4f}",
+                      f"{np.mean(cover):.0%}" if cover else "—", cell(up), cell(down),
+                      f"{np.mean(brier):.3f}" if brier else "—")
+    return t
+
+
 def decision_table(title: str, rows: dict) -> Table:
     t = Table(title=title)
     for col in ("method", "NEW beats REF: says beats (n)", "NEW trails REF: says not (n)", "all (n)"):
@@ -326,7 +393,9 @@ def main():
     ap.add_argument("--recipes", default=",".join(RECIPES), help="Which quick recipes to train for the comp pool.")
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--protocols", default="play,decide", help="play: each CSV against the best others; decide: "
-                    "each CSV against the closest CSV it beats and the closest it trails.")
+                    "each CSV against the closest CSV it beats and the closest it trails; week: each CSV, in random "
+                    "orders, against the ledger of those before it.")
+    ap.add_argument("--orders", type=int, default=4, help="week: random orders of each pool's CSVs.")
     ap.add_argument("--summarize", type=Path, nargs="+", help="Only print the tables of saved estimates-POOL.csv files.")
     args = ap.parse_args()
     console = Console(width=220)
@@ -370,6 +439,12 @@ def main():
             per_pool[name] = {m: summarize(rs) for m, rs in rows.items()}
             console.print(table(f"{name} pool: {len(subs)} CSVs, public F1 {f1s.min():.3f}–{f1s.max():.3f} "
                                 f"({time.time() - t:.0f}s)", per_pool[name]))
+        if "week" in args.protocols.split(","):
+            t = time.time()
+            rows = week(subs, truth_f1, full_f1, prior, args.samples, console, args.orders, args.seed)
+            save(rows, "week")
+            console.print(week_table(f"{name} pool: a week replayed ({args.orders} random orders, each CSV against "
+                                     f"the ledger before it; {time.time() - t:.0f}s)", rows))
         if "decide" in args.protocols.split(","):
             t = time.time()
             rows = decisions(subs, truth_f1, full_f1, prior, args.samples, console)
