@@ -18,7 +18,10 @@ k errors
   few answers it flips sit in a small class: a vote agreeing 99 % with the best, 0.017 off on strong pool
   II), so the scale does not fall to 0 with x. Not a factor on h either: that near copy's tiny model interval
   made a scale factor that stretched every interval of that pool 2.2x. Below 9 submissions (too few for a
-  90 % quantile) the excess is taken as extra variance, τ²·x, fitted by moments;
+  90 % quantile) the excess is taken as extra variance, τ²·x, fitted by maximum likelihood on the honest
+  errors, and the interval is Student's t with k − 1 degrees of freedom: a variance known from 3-8 errors
+  is itself uncertain (the moment fit with a normal quantile held 73-88 % of the week replay's NEWs with
+  ledgers of 3-8, this 92-96 %: benchmarks/estimator.py --protocols week);
 - pit comp against the formula on the same ledger. Both are scored by honest leave-one-out errors (the
   correction for submission i is fitted without i); the final estimate blends them with the weights of
   least mean squared error (from the errors' second moments: a submission both miss alike does not decide
@@ -42,6 +45,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.stats import t as student_t
 
 if TYPE_CHECKING:  # estimate.py calls in here; the types only
     from .estimate import Estimate, Reference
@@ -101,6 +106,19 @@ def _ridge(x: np.ndarray, e: np.ndarray, slope: bool) -> tuple[float, float]:
     return float(coef[0]), float(coef[1]) if slope else 0.0
 
 
+def _excess_variance(honest: np.ndarray, sd: np.ndarray, x: np.ndarray) -> float:
+    """τ², by maximum likelihood, of honest_i ~ N(0, sd_i² + τ²·x_i): the spread of the ledger's leave-one-out
+    errors beyond the model's own sd, per unit of distance x from the best reference. Each error is weighed
+    by its own variance, so a wide interval that held does not cancel a narrow one that missed."""
+    var0, xs = np.maximum(sd, 1e-4) ** 2, np.maximum(x, 1e-3)
+
+    def nll(tau2: float) -> float:
+        v = var0 + tau2 * xs
+        return float(np.sum(np.log(v) + honest ** 2 / v))
+
+    return float(minimize_scalar(nll, bounds=(0.0, 1.0), method="bounded").x)
+
+
 def combine(d: np.ndarray, ridge: float = 1e-9, centred: bool = True) -> np.ndarray:
     """Minimum-variance weights (sum 1) for estimates whose errors have the columns of d (s, m); `centred=False`:
     minimum mean-squared-error weights, from the errors' second moments (their bias included)."""
@@ -126,6 +144,7 @@ class SelfCalibration:
     a: float = 0.0  # bias model: error ≈ a + b·x
     b: float = 0.0
     tau2: float = 0.0  # extra variance per unit of x (below CONFORMAL_MIN submissions)
+    quantile: float = Z90  # of the interval below CONFORMAL_MIN: Student's t, k − 1 degrees of freedom
     widen: float | None = None  # split-conformal: every half-width h becomes h + widen·(x + x_median)
     x_median: float = 0.0  # (from CONFORMAL_MIN submissions on)
     mae_raw: float = 0.0  # comp's leave-one-out MAE, uncorrected
@@ -146,9 +165,9 @@ class SelfCalibration:
             keep = np.arange(len(rows)) != i
             ai, bi = _ridge(x[keep], e[keep], slope and keep.sum() >= 5)
             honest[i] = e[i] - (ai + bi * x[i])
-        resid = e - (a + b * x)
-        tau2 = max(0.0, float(((resid ** 2 - h ** 2).sum()) / max(x.sum(), 1e-3)))
-        cal = cls(rows, a, b, tau2, mae_raw=float(np.abs(e).mean()), mae_comp=float(np.abs(honest).mean()))
+        cal = cls(rows, a, b, _excess_variance(honest, h, x), mae_raw=float(np.abs(e).mean()),
+                  mae_comp=float(np.abs(honest).mean()))
+        cal.quantile = float(student_t.ppf(0.95, len(rows) - 1))
         if len(rows) >= CONFORMAL_MIN:
             cal.x_median = float(np.median(x))
             scores = np.sort((np.abs(honest) - np.array([r.half_width for r in rows])) / cal.reach(x))
@@ -192,7 +211,7 @@ class SelfCalibration:
         if self.widen is not None:
             half = np.maximum(model + self.widen * self.reach(x), model / 2)
         else:
-            half = np.sqrt(model ** 2 + Z90 ** 2 * self.tau2 * x)
+            half = self.quantile / Z90 * np.sqrt(model ** 2 + Z90 ** 2 * self.tau2 * max(x, 1e-3))
         lo, hi = center - float(half[0]), center + float(half[1])
         extra = not np.allclose(half, model)
         shift = center - est.f1
@@ -202,10 +221,13 @@ class SelfCalibration:
         sd = max((hi - lo) / (2 * Z90), 1e-6)
         p = float(norm.sf((est.best_ref_f1 - center) / sd)) if shift or extra else est.p_better
         line = f"{self.line()}; correction {-(self.a + self.b * x):+.4f} at agreement {1 - x:.1%}"
+        moved = float(np.mean(half - model))
         if self.widen is not None:
-            moved = float(np.mean(half - model))
             line += (f"; interval {'widened' if moved >= 0 else 'narrowed'} by {abs(moved):.4f} a side, as 90 % of "
                      f"the ledger's own leave-one-out errors would have fitted")
+        else:
+            line += (f"; interval widened by {moved:.4f} a side by the ledger's spread, known from only {len(self.rows)} "
+                     f"errors (Student's t, {len(self.rows) - 1} degrees of freedom)")
         est.evidence.append(line)
         return replace(est, f1=center, f1_interval=(lo, hi), p_better=p)
 
