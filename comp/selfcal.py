@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from scipy.stats import norm
 from scipy.stats import t as student_t
 
 if TYPE_CHECKING:  # estimate.py calls in here; the types only
@@ -216,8 +217,6 @@ class SelfCalibration:
         extra = not np.allclose(half, model)
         shift = center - est.f1
         # P(beats the best): the draws' probability moved with the centre, as a normal approximation
-        from scipy.stats import norm
-
         sd = max((hi - lo) / (2 * Z90), 1e-6)
         p = float(norm.sf((est.best_ref_f1 - center) / sd)) if shift or extra else est.p_better
         line = f"{self.line()}; correction {-(self.a + self.b * x):+.4f} at agreement {1 - x:.1%}"
