@@ -267,7 +267,10 @@ def week(subs: dict, truth_f1: dict, full_f1: dict, prior, samples: int, console
     as a team blends late), and each is estimated before it is submitted, as `comp estimate NEW` on the ledger
     of the CSVs scored before it, against the best so far. Unlike play and decide, NEWs that beat the best so
     far are common here (each new record), and so is a ledger too small for the self-check (the first steps).
-    `orders` random orders per pool; leave-one-out estimates are memoised per (CSV, references) across them."""
+    `orders` random orders per pool; leave-one-out estimates are memoised per (CSV, references) across steps and
+    orders, so one keeps the winner's-curse correction of the ledger it was first made on: on foreign pool II
+    (8 orders) the estimates made without that memo differ by 0.0002 on average, 0.0027 at most, with the same
+    MAE, coverage and calls, at 2.6x the time."""
     rng = np.random.default_rng(seed)
     refs = {n: Reference(subs[n], truth_f1[n], None, n) for n in subs}
     singles, blends = sorted(n for n in subs if not is_blend(n)), sorted(n for n in subs if is_blend(n))
