@@ -294,8 +294,9 @@ def test_several_candidates_share_one_self_check_and_are_estimated_as_alone(tmp_
 
 def test_ranking_the_ledger_folder_by_glob_skips_the_ledger_file(tmp_path, monkeypatch):
     # `comp estimate submissions/*.csv` is how a team ranks what it holds; the glob also catches ledger.csv.
+    # A scored CSV, even one outside the best five the estimate uses, is at its known score.
     monkeypatch.chdir(tmp_path)
-    refs, candidate = _scored_ledger(tmp_path)
+    refs, candidate = _scored_ledger(tmp_path, strengths=(1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6))
     candidate("submissions/new.csv", 1.3)
     glob = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "submissions").glob("*.csv"))
     assert "submissions/ledger.csv" in glob
@@ -303,6 +304,10 @@ def test_ranking_the_ledger_folder_by_glob_skips_the_ledger_file(tmp_path, monke
     assert out.exit_code == 0, out.output
     rows = json.loads(out.stdout)
     assert sorted(r["csv"] for r in rows) == sorted(g for g in glob if g != "submissions/ledger.csv")
+    known = {f"submissions/{r.name}.csv": r.f1 for r in refs}
+    for row in rows:
+        if row["csv"] in known:
+            assert row["f1"] == pytest.approx(known[row["csv"]], abs=1e-4), row["csv"]
     table = CliRunner().invoke(app, ["estimate", *glob, "--samples", "300"])
     assert table.exit_code == 0 and "skipped submissions/ledger.csv" in table.output, table.output
     alone = CliRunner().invoke(app, ["estimate", "submissions/ledger.csv"])
