@@ -589,10 +589,10 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
     from .selfcal import agreement, choose_reference_count, formula
 
     refs = sorted(refs, key=lambda r: -r.f1)[:MAX_REFS]
-    scored = next((r for r in ledger if np.array_equal(r.sub.ans, new.ans)), None)
-    if scored is not None and not any(np.array_equal(r.sub.ans, new.ans) for r in refs):
-        # already scored, but not among the best: its score is known, not estimated (ranking submissions/*.csv)
-        refs = sorted(refs[:MAX_REFS - 1] + [scored], key=lambda r: -r.f1)
+    exact = any(np.array_equal(r.sub.ans, new.ans) for r in refs)
+    scored = None if exact else next((r for r in ledger if np.array_equal(r.sub.ans, new.ans)), None)
+    if scored is not None:  # already scored, but not among the best: its score is known, not estimated
+        refs, exact = sorted(refs[:MAX_REFS - 1] + [scored], key=lambda r: -r.f1), True
     twins = {} if twins is None else twins
 
     def twin(sub: Submission) -> Calibration | None:
@@ -630,7 +630,6 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
             memo[key] = e
         return e
 
-    exact = any(np.array_equal(r.sub.ans, new.ans) for r in refs)
     checked = self_check and len(ledger) >= 3 and not exact
     why = why_cached = None
     if checked:
