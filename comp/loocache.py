@@ -48,9 +48,9 @@ def code_digest() -> str:
 class LooCache:
     """Leave-one-out estimates (F1, interval) by digest, read from and written back to `folder`/FILE."""
 
-    def __init__(self, folder: Path | str, *salt):
+    def __init__(self, folder: Path | str):
         self.path = Path(folder) / FILE
-        self.salt = digest(code_digest(), *salt)
+        self.salt = digest(code_digest())
         self.old = self._read()
         self.used: dict[str, list[float]] = {}
         self.hits = 0
