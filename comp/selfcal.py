@@ -166,9 +166,8 @@ class SelfCalibration:
             keep = np.arange(len(rows)) != i
             ai, bi = _ridge(x[keep], e[keep], slope and keep.sum() >= 5)
             honest[i] = e[i] - (ai + bi * x[i])
-        cal = cls(rows, a, b, _excess_variance(honest, h, x), mae_raw=float(np.abs(e).mean()),
-                  mae_comp=float(np.abs(honest).mean()))
-        cal.quantile = float(student_t.ppf(0.95, len(rows) - 1))
+        cal = cls(rows, a, b, _excess_variance(honest, h, x), float(student_t.ppf(0.95, len(rows) - 1)),
+                  mae_raw=float(np.abs(e).mean()), mae_comp=float(np.abs(honest).mean()))
         if len(rows) >= CONFORMAL_MIN:
             cal.x_median = float(np.median(x))
             scores = np.sort((np.abs(honest) - np.array([r.half_width for r in rows])) / cal.reach(x))
