@@ -1,9 +1,11 @@
 """Seconds of `comp estimate` with a ledger, against the anchoring it had before (bisection over the whole θ
 range, the posterior normalised in full at every step) and with the ledger's leave-one-out on one thread
 instead of comp.selfcal.LOO_WORKERS, all timed in the same run on the same simulated ledger, with how far
-their estimates differ.
+their estimates differ. Then (`--part new-score`) the next estimate after a new score that displaces no
+submission's references (below all of them): the leave-one-out made anew, as every new score cost before
+the kept draws were cursed again for the new ledger (comp.loocache), against the kept one reused.
 
-    python benchmarks/estimate_speed.py [--ledger 12] [--images 3500] [--refs 5]
+    python benchmarks/estimate_speed.py [--ledger 12] [--images 3500] [--refs 5] [--part all|anchoring|new-score]
 
 Anchoring (solving each reference's weight so that its expected F1 matches its known score) is most of an
 estimate's time, and the ledger's self-check runs an estimate per scored submission, twice (with the best
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from estimator import simulated_pool  # noqa: E402  (the benchmark's world, not 
 
 import comp.estimate as E  # noqa: E402
 from comp.estimate import Reference, estimate_with_ledger  # noqa: E402
+from comp.loocache import LooCache  # noqa: E402
 
 LEDGER = [("a1", "A", 1.0, True), ("b1", "B", 0.9, True), ("a2", "A", 0.97, False), ("a3", "A", 0.94, True),
           ("b2", "B", 0.8, True), ("a4", "A", 0.9, True), ("b3", "B", 0.7, False), ("a5", "A", 0.86, False),
@@ -70,6 +74,7 @@ def main():
     ap.add_argument("--images", type=int, default=3500, help="Eval images (the competition's public + private).")
     ap.add_argument("--refs", type=int, default=5, help="References of the estimate (the ledger's best).")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--part", choices=("all", "anchoring", "new-score"), default="all")
     args = ap.parse_args()
     console = Console()
     spec = LEDGER[:args.ledger + 1]
@@ -78,7 +83,13 @@ def main():
     new = names[len(names) // 2]  # a middling CSV: the usual NEW, neither a copy of the best nor far below
     ledger = [Reference(subs[n], public_f1[n], None, n) for n in names if n != new]
     refs = ledger[:args.refs]
+    if args.part in ("all", "anchoring"):
+        anchoring(subs[new], new, refs, ledger, prior, public_f1, args, console)
+    if args.part in ("all", "new-score"):
+        new_score(subs[new], new, ledger, prior, public_f1, args, console)
 
+
+def anchoring(new_sub, new, refs, ledger, prior, public_f1, args, console):
     import comp.selfcal as S
 
     results = {}
@@ -90,7 +101,7 @@ def main():
         E.anchor, S.LOO_WORKERS = fn, threads
         try:
             t = time.perf_counter()
-            est = estimate_with_ledger(subs[new], refs, ledger, prior)
+            est = estimate_with_ledger(new_sub, refs, ledger, prior)
             results[label] = (time.perf_counter() - t, est)
         finally:
             E.anchor, S.LOO_WORKERS = current, workers
@@ -107,6 +118,37 @@ def main():
     console.print(f"speed-up {t0 / t2:.2f}x in all (anchoring {t0 / t1:.2f}x, {workers} threads {t1 / t2:.2f}x; same run, "
                   f"same ledger); the estimate and its interval moved by at most {moved:.5f} (true public F1 "
                   f"{public_f1[new]:.4f})")
+
+
+
+def new_score(new_sub, new, ledger, prior, public_f1, args, console):
+    """The ledger less its weakest submission, estimated once (the kept leave-one-out); then that submission
+    scored: the next estimate with nothing kept (what the old cache gave: every key held the ledger's scores)
+    and with the kept estimates cursed again for the new scores."""
+    weakest = ledger[-1]
+    before, after = ledger[:-1], ledger
+    with tempfile.TemporaryDirectory() as kept, tempfile.TemporaryDirectory() as empty:
+        cache = LooCache(kept)
+        estimate_with_ledger(new_sub, before[:args.refs], before, prior, cache=cache)
+        cache.save()
+        results = {}
+        for label, folder in (("made anew (before: a new score changed every key)", empty),
+                              ("kept estimates, cursed again for the new scores", kept)):
+            cache = LooCache(folder)
+            t = time.perf_counter()
+            est = estimate_with_ledger(new_sub, after[:args.refs], after, prior, cache=cache)
+            results[label] = (time.perf_counter() - t, est, cache.hits)
+    table = Table(title=f"the next comp estimate of {new} after {weakest.name} (public F1 {weakest.f1:.4f}, below every "
+                        f"other) is scored: a ledger of {len(after)}, {args.images} eval images")
+    for col in ("leave-one-out", "seconds", "reused", "estimate", "90 % interval"):
+        table.add_column(col, justify="left" if col == "leave-one-out" else "right")
+    for label, (t, e, hits) in results.items():
+        table.add_row(label, f"{t:.1f}", str(hits), f"{e.f1:.6f}", f"{e.f1_interval[0]:.6f} – {e.f1_interval[1]:.6f}")
+    console.print(table)
+    (t0, e0, _), (t1, e1, _) = results.values()
+    same = (e0.f1, e0.f1_interval, e0.p_better) == (e1.f1, e1.f1_interval, e1.p_better)
+    console.print(f"speed-up {t0 / t1:.2f}x (same run, same ledger); the estimates are "
+                  f"{'identical' if same else 'DIFFERENT'} (true public F1 {public_f1[new]:.4f})")
 
 
 if __name__ == "__main__":

@@ -257,6 +257,7 @@ class Estimate:
     raw_f1: float | None = None  # before the ledger's self-calibration (None: none applied)
     self_check: str | None = None  # the ledger's leave-one-out line: how far to trust this estimate
     measured_by: str = "CSVs alone"  # what measured NEW: "same-image twins", "twins, other images", "identical to REF"
+    settings: list | None = field(default=None, repr=False)  # keep_luck: each setting's (F1 draws, Luck | None)
 
     def as_json(self) -> dict:
         r = lambda x: round(float(x), 4)  # noqa: E731
@@ -326,7 +327,28 @@ def curse_applies(chosen_from: list[float] | None) -> bool:
     return len(chosen_from or []) >= 3
 
 
-def winners_curse(draws: Draws, refs: list[Reference], chosen_from: list[float]) -> tuple[float, str | None]:
+@dataclass
+class Luck:
+    """What the winner's-curse correction reads of one setting's draws, per reference: its weight in the
+    combination, the variance σ² of its public-half luck, and NEW's share β of that luck (clipped to [0, 1]).
+    Kept with a leave-one-out estimate (comp.loocache), it lets the correction be made again for a ledger
+    whose scores have changed, without the draws being made again."""
+    weights: np.ndarray
+    sigma2: np.ndarray
+    beta: np.ndarray
+
+
+def luck_of(draws: Draws) -> Luck:
+    sigma2, beta = np.zeros(draws.luck_refs.shape[1]), np.zeros(draws.luck_refs.shape[1])
+    for j in range(len(sigma2)):
+        luck = draws.luck_refs[:, j]
+        sigma2[j] = float(luck.var())
+        if sigma2[j] > 0:
+            beta[j] = min(max(float(np.cov(draws.luck_new, luck)[0, 1] / sigma2[j]), 0.0), 1.0)
+    return Luck(np.asarray(draws.weights, float), sigma2, beta)
+
+
+def winners_curse(luck: Luck, refs: list[Reference], chosen_from: list[float]) -> tuple[float, str | None]:
     """How much lower NEW's public F1 is expected than the draws say because the references were picked for
     their public scores. A reference chosen as the best of m scored submissions holds, on average, some
     public-half luck L (empirical Bayes: L = σ²/(σ²+τ²)·(its score − the mean score), σ² the public-half
@@ -339,27 +361,44 @@ def winners_curse(draws: Draws, refs: list[Reference], chosen_from: list[float])
     total, parts = 0.0, []
     mean, spread = scores.mean(), scores.var(ddof=1)
     for j, r in enumerate(refs):
-        luck = draws.luck_refs[:, j]
-        sigma2 = float(luck.var())
+        sigma2 = float(luck.sigma2[j])
         if sigma2 <= 0 or r.f1 <= mean:
             continue
         tau2 = max(spread - sigma2, sigma2 / 4)  # never shrink a clear lead all the way to the mean
         expected_luck = sigma2 / (sigma2 + tau2) * (r.f1 - mean)
-        beta = float(np.cov(draws.luck_new, luck)[0, 1] / sigma2)
-        total += draws.weights[j] * (1 - min(max(beta, 0.0), 1.0)) * expected_luck
-        parts.append(f"{r.name} ({expected_luck:+.4f} luck, NEW shares {min(max(beta, 0), 1):.0%})")
+        total += luck.weights[j] * (1 - luck.beta[j]) * expected_luck
+        parts.append(f"{r.name} ({expected_luck:+.4f} luck, NEW shares {luck.beta[j]:.0%})")
     if not parts:
         return 0.0, None
     return total, (f"winner's curse: references picked as the best of {len(scores)} scored submissions carry public-"
                    f"half luck: {'; '.join(parts)}; NEW's estimate lowered by {total:.4f}")
 
 
+def cursed_draws(settings: list[tuple[np.ndarray, Luck | None]], refs: list[Reference],
+                 chosen_from: list[float] | None) -> tuple[np.ndarray, float, str | None]:
+    """NEW's F1 draws of every setting (ratio or measured θ), each lowered by its own winner's curse where it has
+    the luck to compute it (None: NEW is a reference, no curse): all draws, the mean shift, the last reason."""
+    parts, shifts, why = [], [], None
+    for f1, luck in settings:
+        shift, reason = winners_curse(luck, refs, chosen_from) if luck is not None else (0.0, None)
+        parts.append(f1 - shift)
+        shifts.append(shift)
+        why = reason or why
+    return np.concatenate(parts), float(np.mean(shifts)), why
+
+
+def centre_and_interval(f1_draws: np.ndarray) -> tuple[float, tuple[float, float]]:
+    return float(f1_draws.mean()), tuple(np.quantile(f1_draws, [0.05, 0.95]).tolist())
+
+
 def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = None,
              calibration: Calibration | None = None, samples: int = 2000, seed: int = 0,
              ref_calibrations: list[Calibration | None] | None = None,
-             chosen_from: list[float] | None = None) -> Estimate:
+             chosen_from: list[float] | None = None, keep_luck: bool = False) -> Estimate:
     """NEW's public F1 and accuracy from the references' known scores. `chosen_from`: the public F1 of every
-    scored submission the references were picked from (the ledger), for the winner's-curse correction."""
+    scored submission the references were picked from (the ledger), for the winner's-curse correction.
+    `keep_luck`: the draws and their luck kept in `Estimate.settings` even where no curse applies yet, so
+    that it can be applied later for another ledger (cursed_draws; comp.loocache)."""
     if not refs:
         raise CompError("no reference: give --ref REF.csv --ref-f1 F, or add scored submissions with "
                         "`comp submissions add`")
@@ -413,32 +452,29 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
     if same:
         measured_by = f"identical to {refs[same[0]].name}"
     per = -(-samples // len(settings))
-    f1_parts, acc_parts, warnings = [], [], []
-    curse, curse_why = 0.0, None
+    kept, acc_parts, warnings = [], [], []
+    lucky = not same and (keep_luck or curse_applies(chosen_from))
     for r, theta in settings:
         sources = [make_source(x.sub.probs if k else None, x.sub.ans, prior) for x, k in zip(refs, kinds[1:], strict=True)]
         new_src = make_source(new.probs if kinds[0] else None, new.ans, prior)
         warnings = anchor(prior, refs, sources, new_src, r, new_theta=theta)
-        cursed = not same and curse_applies(chosen_from)
-        draws = _draws(posterior(prior, sources + [new_src], n), new, refs, same, per, rng, luck=cursed)
-        shift, why = winners_curse(draws, refs, chosen_from) if cursed else (0.0, None)
-        curse += shift / len(settings)
-        curse_why = why or curse_why
-        f1_parts.append(draws.f1 - shift)
+        draws = _draws(posterior(prior, sources + [new_src], n), new, refs, same, per, rng, luck=lucky)
+        kept.append((draws.f1, luck_of(draws) if lucky else None))
         acc_parts.append(draws.acc)
+    f1_draws, curse, curse_why = cursed_draws(kept, refs, chosen_from)
     if curse_why:
         evidence.append(curse_why.rsplit(";", 1)[0] + f"; NEW's estimate lowered by {curse:.4f}")
-    f1_draws = np.concatenate(f1_parts)
     acc_draws = None if acc_parts[0] is None else np.concatenate(acc_parts)
     best = int(np.argmax([r.f1 for r in refs]))
+    f1, f1_interval = centre_and_interval(f1_draws)
     return Estimate(
-        f1=float(f1_draws.mean()), f1_interval=tuple(np.quantile(f1_draws, [0.05, 0.95]).tolist()),
+        f1=f1, f1_interval=f1_interval,
         accuracy=None if acc_draws is None else float(acc_draws.mean()),
         accuracy_interval=None if acc_draws is None else tuple(np.quantile(acc_draws, [0.05, 0.95]).tolist()),
         p_better=float((f1_draws > refs[best].f1 + 1e-12).mean()), best_ref=refs[best].name,
         best_ref_f1=refs[best].f1, agreement=[_agreement(new, r) for r in refs],
         class_changes=_class_changes(new, refs[best].sub), evidence=evidence, warnings=warnings,
-        measured_by=measured_by)
+        measured_by=measured_by, settings=kept if keep_luck else None)
 
 
 def _enough_images(calibration: Calibration | None, ref_calibrations: list[Calibration | None] | None,
@@ -600,9 +636,9 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
             twins[id(sub)] = calibration_for(sub)
         return twins[id(sub)]
 
-    def run(new_sub: Submission, use: list[Reference], pool: list[Reference], draws: int) -> Estimate:
-        return estimate(new_sub, use, prior, twin(new_sub), draws, seed,
-                        ref_calibrations=[twin(r.sub) for r in use], chosen_from=[r.f1 for r in pool])
+    def run(new_sub: Submission, use: list[Reference], pool: list[Reference], draws: int, keep_luck: bool = False) -> Estimate:
+        return estimate(new_sub, use, prior, twin(new_sub), draws, seed, ref_calibrations=[twin(r.sub) for r in use],
+                        chosen_from=[r.f1 for r in pool], keep_luck=keep_luck)
 
     def content(r: Reference) -> tuple:  # what a leave-one-out estimate reads of a submission (comp.loocache)
         if id(r.sub) not in cache.contents:
@@ -617,15 +653,17 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
         if memo is not None and key in memo:
             return memo[key]
         pool = [r for r in ledger if r is not n]
-        stored = cache.key(content(n), [content(r) for r in use], sorted(r.f1 for r in pool), prior, seed,
-                           LOO_SAMPLES) if cache is not None else None
+        stored = cache.key(content(n), [content(r) for r in use], prior, seed, LOO_SAMPLES) if cache is not None else None
         hit = cache.get(stored) if cache is not None else None
-        if hit is not None:  # only its centre and interval are read (selfcal.LooRow)
-            e = Estimate(hit[0], (hit[1], hit[2]), None, None, float("nan"), use[0].name, use[0].f1)
+        if hit is not None:  # its draws, cursed for the ledger as it is now; only the centre and interval are read
+            kept = [(f1, None if luck is None else Luck(*luck)) for f1, luck in hit]
+            f1, interval = centre_and_interval(cursed_draws(kept, use, [r.f1 for r in pool])[0])
+            e = Estimate(f1, interval, None, None, float("nan"), use[0].name, use[0].f1)
         else:
-            e = run(n.sub, use, pool, LOO_SAMPLES)
+            e = run(n.sub, use, pool, LOO_SAMPLES, keep_luck=cache is not None)
             if cache is not None:
-                cache.put(stored, e.f1, *e.f1_interval)
+                cache.put(stored, [(f1, None if luck is None else (luck.weights, luck.sigma2, luck.beta))
+                                   for f1, luck in e.settings])
         if memo is not None:
             memo[key] = e
         return e
@@ -640,8 +678,9 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
         hits = cache.hits if cache is not None else 0
         cal, n_use, why = choose_reference_count(ledger, len(refs), loo_run, progress)
         if cache is not None and cache.hits > hits:
-            why_cached = (f"self-check: {cache.hits - hits} leave-one-out estimates reused from {cache.path} (nothing "
-                          "they depend on has changed since they were made)")
+            why_cached = (f"self-check: {cache.hits - hits} leave-one-out estimates reused from {cache.path} (their "
+                          "submissions and references unchanged since they were made; the winner's curse made again "
+                          "for the ledger's scores now)")
         refs = refs[:n_use]
     est = run(new, refs, ledger if len(ledger) >= 3 else [], samples)
     if prior is not None and prior_note:

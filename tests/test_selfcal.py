@@ -344,6 +344,37 @@ def test_a_second_estimate_on_an_unchanged_ledger_reuses_its_self_check(tmp_path
     assert estimate_new() == (third, 1)
 
 
+
+def test_a_new_score_that_displaces_no_reference_reuses_every_other_leave_one_out(tmp_path, monkeypatch):
+    # Most of a week's new scores are not among the best few, so no other submission's references change: only
+    # the winner's curse (the ledger's scores) does. The kept draws are cursed again for the new ledger, and the
+    # estimate is the one a fresh computation makes, to the bit; only the new submission's two are made.
+    import comp.estimate as E
+
+    monkeypatch.chdir(tmp_path)
+    refs, candidate = _scored_ledger(tmp_path, strengths=(1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6))
+    candidate("new.csv", 1.3)
+    calls = []
+    real = E.estimate
+    monkeypatch.setattr(E, "estimate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+
+    def estimate_new():
+        calls.clear()
+        return E.estimate_file("new.csv", samples=300), len(calls)
+
+    estimate_new()
+    candidate("weak.csv", 0.8)  # below every scored submission: nobody's best five or best one
+    assert CliRunner().invoke(app, ["submissions", "add", "weak.csv", "--public-f1", "0.2"]).exit_code == 0
+    kept, runs = estimate_new()
+    assert runs == 2 + 1  # the new submission's leave-one-out (best 5, best 1) and NEW itself
+    assert any("14 leave-one-out estimates reused" in line for line in kept.evidence), kept.evidence
+    (tmp_path / "submissions" / ".estimate-cache.json").unlink()
+    fresh, runs = estimate_new()
+    assert runs == 2 * 8 + 1
+    assert (kept.f1, kept.f1_interval, kept.raw_f1, kept.p_better) == (fresh.f1, fresh.f1_interval, fresh.raw_f1,
+                                                                       fresh.p_better)
+
+
 def test_the_team_formula_is_best_times_agreement_times_c():
     ids = 10
     best = Reference(_sub(np.eye(18)[np.arange(ids) % 18], ids), 0.6, None, "best")
