@@ -3,9 +3,11 @@ range, the posterior normalised in full at every step) and with the ledger's lea
 instead of comp.selfcal.LOO_WORKERS, all timed in the same run on the same simulated ledger, with how far
 their estimates differ. Then (`--part new-score`) the next estimate after a new score that displaces no
 submission's references (below all of them): the leave-one-out made anew, as every new score cost before
-the kept draws were cursed again for the new ledger (comp.loocache), against the kept one reused.
+the kept draws were cursed again for the new ledger (comp.loocache), against the kept one reused; and
+(`--part week`) the same over a whole week: the ledger's CSVs scored one by one in a random order (singles,
+then blends, as teams blend late), each estimated on the ledger so far before it is scored.
 
-    python benchmarks/estimate_speed.py [--ledger 12] [--images 3500] [--refs 5] [--part all|anchoring|new-score]
+    python benchmarks/estimate_speed.py [--ledger 12] [--images 3500] [--refs 5] [--part all|anchoring|new-score|week]
 
 Anchoring (solving each reference's weight so that its expected F1 matches its known score) is most of an
 estimate's time, and the ledger's self-check runs an estimate per scored submission, twice (with the best
@@ -74,7 +76,7 @@ def main():
     ap.add_argument("--images", type=int, default=3500, help="Eval images (the competition's public + private).")
     ap.add_argument("--refs", type=int, default=5, help="References of the estimate (the ledger's best).")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--part", choices=("all", "anchoring", "new-score"), default="all")
+    ap.add_argument("--part", choices=("all", "anchoring", "new-score", "week"), default="all")
     args = ap.parse_args()
     console = Console()
     spec = LEDGER[:args.ledger + 1]
@@ -87,6 +89,8 @@ def main():
         anchoring(subs[new], new, refs, ledger, prior, public_f1, args, console)
     if args.part in ("all", "new-score"):
         new_score(subs[new], new, ledger, prior, public_f1, args, console)
+    if args.part in ("all", "week"):
+        week(subs, public_f1, prior, args, console)
 
 
 def anchoring(new_sub, new, refs, ledger, prior, public_f1, args, console):
@@ -149,6 +153,37 @@ def new_score(new_sub, new, ledger, prior, public_f1, args, console):
     same = (e0.f1, e0.f1_interval, e0.p_better) == (e1.f1, e1.f1_interval, e1.p_better)
     console.print(f"speed-up {t0 / t1:.2f}x (same run, same ledger); the estimates are "
                   f"{'identical' if same else 'DIFFERENT'} (true public F1 {public_f1[new]:.4f})")
+
+
+
+def week(subs, public_f1, prior, args, console):
+    """Each step: NEW estimated on the ledger so far (from 3 scored on), with the self-check kept in one folder
+    across the week and with it made anew; then NEW is scored. Seconds summed over the week."""
+    rng = np.random.default_rng(args.seed)
+    singles, blends = [n for n in subs if ":" not in n], [n for n in subs if ":" in n]
+    order = [str(n) for n in rng.permutation(singles)] + [str(n) for n in rng.permutation(blends)]
+    kept_s = anew_s = 0.0
+    reused = made = 0
+    same = True
+    with tempfile.TemporaryDirectory() as folder:
+        for k in range(3, len(order)):
+            ledger = sorted((Reference(subs[n], public_f1[n], None, n) for n in order[:k]), key=lambda r: -r.f1)
+            timed = []
+            for cache in (LooCache(folder), None):
+                t = time.perf_counter()
+                est = estimate_with_ledger(subs[order[k]], ledger[:args.refs], ledger, prior, cache=cache)
+                timed.append((time.perf_counter() - t, est))
+                if cache is not None:
+                    cache.save()
+                    reused += cache.hits
+            (tk, ek), (ta, ea) = timed
+            kept_s, anew_s = kept_s + tk, anew_s + ta
+            made += 2 * k  # the leave-one-out: each scored CSV with the best n and with the best one
+            same = same and (ek.f1, ek.f1_interval, ek.p_better) == (ea.f1, ea.f1_interval, ea.p_better)
+    console.print(f"a week of {len(order)} CSVs ({len(order) - 3} estimates, ledgers of 3-{len(order) - 1}): "
+                  f"{anew_s:.0f} s with the self-check made anew at each step, {kept_s:.0f} s with it kept "
+                  f"({anew_s / kept_s:.2f}x, same run); {reused} of {made} leave-one-out estimates reused; the "
+                  f"estimates are {'identical' if same else 'DIFFERENT'}")
 
 
 if __name__ == "__main__":
