@@ -250,6 +250,15 @@ def _scored_ledger(tmp_path, strengths=(1.0, 1.2, 1.4, 1.6)):
     return refs, candidate
 
 
+def _count_estimates(monkeypatch) -> list:
+    """comp.estimate.estimate wrapped so that each call appends to the returned list (how many were made)."""
+    import comp.estimate as E
+
+    calls, real = [], E.estimate
+    monkeypatch.setattr(E, "estimate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    return calls
+
+
 def test_estimate_prints_the_ledger_self_check(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     refs, candidate = _scored_ledger(tmp_path)
@@ -268,14 +277,11 @@ def test_estimate_prints_the_ledger_self_check(tmp_path, monkeypatch):
 def test_several_candidates_share_one_self_check_and_are_estimated_as_alone(tmp_path, monkeypatch):
     # A team ranks its candidates before spending slots: the ledger's leave-one-out is the same for all of
     # them, so it runs once, and each candidate's estimate is what it would be on its own.
-    import comp.estimate as E
 
     monkeypatch.chdir(tmp_path)
     refs, candidate = _scored_ledger(tmp_path)
     truths = [candidate("lo.csv", 1.1), candidate("hi.csv", 1.5)]
-    calls = []
-    real = E.estimate
-    monkeypatch.setattr(E, "estimate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    calls = _count_estimates(monkeypatch)
     out = CliRunner().invoke(app, ["estimate", "lo.csv", "hi.csv", "s1.csv", "--json", "--samples", "300"])
     assert out.exit_code == 0, out.output
     rows = json.loads(out.stdout)
@@ -317,14 +323,11 @@ def test_ranking_the_ledger_folder_by_glob_skips_the_ledger_file(tmp_path, monke
 def test_a_second_estimate_on_an_unchanged_ledger_reuses_its_self_check(tmp_path, monkeypatch):
     # The leave-one-out is most of an estimate's time and the same until the ledger changes: kept on disk by
     # content, it is reused, and recomputed the moment anything it depends on changes.
-    import comp.estimate as E
 
     monkeypatch.chdir(tmp_path)
     refs, candidate = _scored_ledger(tmp_path)
     candidate("new.csv", 1.3)
-    calls = []
-    real = E.estimate
-    monkeypatch.setattr(E, "estimate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    calls = _count_estimates(monkeypatch)
 
     def estimate_new():
         calls.clear()
@@ -344,7 +347,6 @@ def test_a_second_estimate_on_an_unchanged_ledger_reuses_its_self_check(tmp_path
     assert estimate_new() == (third, 1)
 
 
-
 def test_a_new_score_that_displaces_no_reference_reuses_every_other_leave_one_out(tmp_path, monkeypatch):
     # Most of a week's new scores are not among the best few, so no other submission's references change: only
     # the winner's curse (the ledger's scores) does. The kept draws are cursed again for the new ledger, and the
@@ -354,9 +356,7 @@ def test_a_new_score_that_displaces_no_reference_reuses_every_other_leave_one_ou
     monkeypatch.chdir(tmp_path)
     refs, candidate = _scored_ledger(tmp_path, strengths=(1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6))
     candidate("new.csv", 1.3)
-    calls = []
-    real = E.estimate
-    monkeypatch.setattr(E, "estimate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    calls = _count_estimates(monkeypatch)
 
     def estimate_new():
         calls.clear()
