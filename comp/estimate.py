@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -327,12 +328,11 @@ def curse_applies(chosen_from: list[float] | None) -> bool:
     return len(chosen_from or []) >= 3
 
 
-@dataclass
-class Luck:
+class Luck(NamedTuple):
     """What the winner's-curse correction reads of one setting's draws, per reference: its weight in the
     combination, the variance σ² of its public-half luck, and NEW's share β of that luck (clipped to [0, 1]).
-    Kept with a leave-one-out estimate (comp.loocache), it lets the correction be made again for a ledger
-    whose scores have changed, without the draws being made again."""
+    Kept with a leave-one-out estimate (comp.loocache, which stores it as the tuple of arrays it is), it lets
+    the correction be made again for a ledger whose scores have changed, without the draws being made again."""
     weights: np.ndarray
     sigma2: np.ndarray
     beta: np.ndarray
@@ -662,8 +662,7 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
         else:
             e = run(n.sub, use, pool, LOO_SAMPLES, keep_luck=cache is not None)
             if cache is not None:
-                cache.put(stored, [(f1, None if luck is None else (luck.weights, luck.sigma2, luck.beta))
-                                   for f1, luck in e.settings])
+                cache.put(stored, e.settings)
         if memo is not None:
             memo[key] = e
         return e
