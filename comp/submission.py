@@ -287,9 +287,11 @@ def check_same_ids(subs: list[Submission]) -> None:
         other = set(s.ids)
         if other != first:
             missing, extra = sorted(first - other), sorted(other - first)
-            raise CompError(f"{s.path}: ImageIDs differ from {subs[0].path.name}'s: {len(missing)} missing "
-                            f"(e.g. {', '.join(missing[:3]) or '-'}), {len(extra)} extra "
-                            f"(e.g. {', '.join(extra[:3]) or '-'}); compare submissions of the same eval set")
+            parts = [f"{what} (e.g. {', '.join(ids[:3])})" for ids, what in
+                     ((missing, f"it lacks {len(missing)} of them"),
+                      (extra, f"it has {len(extra)} that {subs[0].path.name} does not")) if ids]
+            raise CompError(f"{s.path}: ImageIDs differ from {subs[0].path.name}'s: {' and '.join(parts)}; "
+                            "compare submissions of the same eval set")
 
 
 def check_against_ids(sub: Submission, expected: np.ndarray, source: str, hint: str = "") -> None:

@@ -82,7 +82,7 @@ def test_bad_csvs_give_clear_errors(tmp_path):
         "range.csv": ("ImageID,ans\n" + "".join(f"{i},{v}\n" for i, v in zip(ids, [0, 1, 2, 3, 18], strict=True)), "not a class 0-17"),
         "text.csv": ("ImageID,ans\n" + "".join(f"{i},x\n" for i in ids), "not a class 0-17"),
         "dup.csv": ("ImageID,ans\n" + "".join(f"{i},1\n" for i in ids + ["i0"]), "more than once"),
-        "ids.csv": ("ImageID,ans\n" + "".join(f"{i},1\n" for i in ids[:4] + ["zz"]), "1 missing"),
+        "ids.csv": ("ImageID,ans\n" + "".join(f"{i},1\n" for i in ids[:4] + ["zz"]), "ImageIDs differ"),
     }
     for name, (text, message) in cases.items():
         (tmp_path / name).write_text(text)

@@ -263,7 +263,8 @@ def test_ledger_refuses_what_the_leaderboard_would(tiny_root, tmp_path):
         return write_submission(tmp_path / name, rows, p.argmax(1), p, Provenance(data=str(tiny_root)))
     folder = tmp_path / "ledger"
     ok = sub("ok.csv", ids)
-    cases = [(sub("short.csv", ids[:-1]), r"1 missing"), (sub("extra.csv", ids + ["x.jpg"]), r"1 extra"),
+    cases = [(sub("short.csv", ids[:-1]), r"it lacks 1 of them"),
+             (sub("extra.csv", ids + ["x.jpg"]), r"it has 1 that info.csv does not \(e.g. x.jpg\)"),
              (sub("order.csv", ids[::-1]), r"not in .*info.csv's order")]
     for path, message in cases:
         with pytest.raises(CompError, match=message):
