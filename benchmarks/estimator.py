@@ -395,6 +395,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0, help="The simulated pools' world.")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="Which quick recipes to train for the comp pool.")
     ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--prior", choices=["train", "refs"], default="train", help="The class prior: the train set's "
+                    "shares (the simulated world's), or the references' predicted shares, as comp estimate uses when it "
+                    "finds no train set.")
     ap.add_argument("--protocols", default="play,decide", help="play: each CSV against the best others; decide: "
                     "each CSV against the closest CSV it beats and the closest it trails; week: each CSV, in random "
                     "orders, against the ledger of those before it.")
@@ -424,6 +427,8 @@ def main():
     played = {name: (*load_pool(csvs, truth), train_shares) for name, csvs in pools.items()}
     if "sim" in wanted:
         played |= {name: simulated_pool(spec, args.seed) for name, spec in SIM_POOLS.items()}
+    if args.prior == "refs":  # what comp falls back on when it finds no train set
+        played = {name: (*pool[:3], None) for name, pool in played.items()}
     per_pool = {}
     for name, (subs, truth_f1, full_f1, prior) in played.items():
         f1s = np.array(list(truth_f1.values()))

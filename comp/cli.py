@@ -427,7 +427,7 @@ def estimate_cmd(
     ref_f1: list[float] = typer.Option(None, "--ref-f1", help="Public F1 of each --ref, in order."),
     ref_acc: list[float] = typer.Option(None, "--ref-acc", help="Public accuracy (percent) of each --ref, in order."),
     folder: Path = LEDGER_DIR,
-    data: Path = typer.Option(None, "--data", help="Dataset root for the train class shares (default: from the JSON)."),
+    data: Path = typer.Option(None, "--data", help="Dataset root for the train class shares (default: the one the CSVs' JSON names, else the one in data/ whose eval/info.csv lists their ImageIDs)."),
     truth: Path = typer.Option(None, "--truth", help="Answer key, to print the true score beside the estimate."),
     samples: int = typer.Option(2000, "--samples", help="Label draws (more: smoother interval)."),
     self_check: bool = typer.Option(True, "--self-check/--no-self-check",

@@ -405,10 +405,14 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
     check_same_ids([new] + [r.sub for r in refs])
     refs = [Reference(r.sub.reorder(new.ids), r.f1, r.acc, r.name or r.sub.path.name) for r in refs]
     n = len(new)
-    evidence = []
+    evidence, guessed_prior = [], []
     if prior is None:
         prior = np.mean([np.bincount(r.sub.ans, minlength=N) for r in refs], 0) / n
         evidence.append("class prior: the references' predicted shares (no train data found)")
+        guessed_prior.append("no train set found (no --data, no comp JSON naming one, no dataset in data/ listing these "
+                        "ImageIDs): the class prior is the references' predicted shares, which a weak reference skews "
+                        "(benchmarks/estimator.py --prior refs, foreign pool II, one reference: MAE 0.066 against "
+                        "0.037 with the train shares). Pass --data ROOT")
     prior = np.maximum(np.asarray(prior, float), 1e-4)
     prior /= prior.sum()
     # One kind of evidence for all (probabilities when NEW and every reference have them, else answers): a
@@ -473,7 +477,7 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
         accuracy_interval=None if acc_draws is None else tuple(np.quantile(acc_draws, [0.05, 0.95]).tolist()),
         p_better=float((f1_draws > refs[best].f1 + 1e-12).mean()), best_ref=refs[best].name,
         best_ref_f1=refs[best].f1, agreement=[_agreement(new, r) for r in refs],
-        class_changes=_class_changes(new, refs[best].sub), evidence=evidence, warnings=warnings,
+        class_changes=_class_changes(new, refs[best].sub), evidence=evidence, warnings=guessed_prior + warnings,
         measured_by=measured_by, settings=kept if keep_luck else None)
 
 
@@ -504,6 +508,29 @@ def train_prior(data_root: Path | str | None) -> np.ndarray | None:
     except CompError:
         return None
     return np.bincount(y, minlength=N) / len(y)
+
+
+def class_prior(data: Path | str | None, subs: list[Submission]) -> tuple[np.ndarray | None, str]:
+    """The train set's class shares and where they came from: --data, else the dataset a submission's JSON
+    names (if it is on this machine), else the one in data/ whose eval set these submissions list. None: no
+    train set found, and estimate() falls back on the references' predicted shares (and warns)."""
+    from .data.reader import find_root
+
+    if data is not None:
+        prior = train_prior(data)
+        if prior is None:
+            raise CompError(f"--data {data}: no readable train/train.csv there; --data is the dataset root "
+                            "(train/ and eval/) whose train set gives the class shares")
+        return prior, f"class prior: train shares of {data}"
+    for root in dict.fromkeys(s.prov.data for s in subs if s.prov.data):
+        prior = train_prior(root)
+        if prior is not None:
+            return prior, f"class prior: train shares of {root}"
+    root = find_root(subs[0].ids)
+    prior = train_prior(root)
+    if prior is not None:
+        return prior, f"class prior: train shares of {root} (found in data/: its eval/info.csv lists these ImageIDs)"
+    return None, ""
 
 
 def calibration_for(sub: Submission) -> Calibration | None:
@@ -595,8 +622,7 @@ def estimate_files(new_paths: list[Path | str], ref_paths: list[Path] | None = N
     news = [read_submission(p) for p in new_paths]
     refs = load_references(list(ref_paths or []), list(ref_f1 or []), ref_acc, ledger_dir)
     ledger = ledger_references(ledger_dir or Path("submissions"))
-    root = data or next((s.prov.data for s in news + [r.sub for r in refs + ledger] if s.prov.data), None)
-    prior = train_prior(root)
+    prior, prior_note = class_prior(data, news + [r.sub for r in refs + ledger])
     memo, twins, passed = {}, {}, []
     folder = Path(ledger_dir or "submissions")
     cache = LooCache(folder) if self_check and len(ledger) >= 3 and folder.is_dir() else None
@@ -608,7 +634,7 @@ def estimate_files(new_paths: list[Path | str], ref_paths: list[Path] | None = N
             passed.append(True)
 
     ests = [estimate_with_ledger(new, refs, ledger, prior, samples, seed, self_check, first_pass, memo=memo, twins=twins,
-                                 prior_note=f"class prior: train shares of {root}", cache=cache) for new in news]
+                                 prior_note=prior_note, cache=cache) for new in news]
     if cache is not None:
         cache.save()
     return ests

@@ -61,7 +61,8 @@ def add(file: Path | str, public_f1: float, public_acc: float | None = None, not
         folder: Path | str = DEFAULT_DIR, now: datetime | None = None, data: Path | str | None = None) -> Entry:
     """Copies FILE (+ its .probs.npy and .json) into the ledger folder and appends its row. Refused, with
     nothing written: a CSV the leaderboard would refuse (checked against `data`'s eval/info.csv, else the
-    eval set its provenance names, else the ledger's first entry), and a CSV already in the ledger."""
+    eval set its provenance names, else the dataset in data/ listing its ImageIDs, else the ledger's first entry),
+    and a CSV already in the ledger."""
     file, folder = Path(file), Path(folder)
     _check_score(public_f1, "--public-f1", 1.0)
     _check_score(public_acc, "--public-acc", 100.0)
@@ -92,9 +93,11 @@ def add(file: Path | str, public_f1: float, public_acc: float | None = None, not
 
 def _check_rows(sub, entries: list[Entry], folder: Path, data: Path | str | None) -> None:
     """The rows the leaderboard expects: every eval ImageID once, in info.csv's order."""
-    from .data.reader import read_info_ids
+    from .data.reader import find_root, read_info_ids
 
     root = data or sub.prov.data
+    if data is None and not (root and (Path(root) / "eval" / "info.csv").is_file()):
+        root = find_root(sub.ids)  # made elsewhere, or on another machine: the dataset in data/ with these images
     if root is not None and (Path(root) / "eval" / "info.csv").is_file():
         check_against_ids(sub, read_info_ids(root), str(Path(root) / "eval" / "info.csv"))
     elif data is not None:

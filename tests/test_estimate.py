@@ -284,3 +284,53 @@ def test_anchoring_matches_each_reference_to_its_known_score():
             full = np.exp(logq - logq.max(1, keepdims=True))
             want = expected_f1(full / full.sum(1, keepdims=True), refs[0].sub.ans) - refs[0].f1
             assert _f1_gap(base, sources[0], theta, refs[0]) == pytest.approx(want, abs=1e-12)
+
+
+def test_a_csv_made_elsewhere_takes_the_class_prior_of_the_dataset_in_data(tiny_root, tmp_path, monkeypatch):
+    """A CSV from other code has no JSON naming its dataset. comp finds the dataset in the project's data/ whose
+    eval set these ImageIDs are, and uses its train shares as --data would; with none there it says that the
+    prior is the references' own predicted shares (a weak reference skews them). A dataset listing other
+    images is not taken, and a wrong --data is refused."""
+    from comp.data.reader import read_info_ids
+    from comp.estimate import estimate_file
+
+    monkeypatch.chdir(tmp_path)
+    ids = read_info_ids(tiny_root)
+    rng = np.random.default_rng(0)
+    skewed = np.where(rng.random(len(ids)) < 0.7, 0, rng.integers(0, 18, len(ids)))  # a weak reference's answers
+    pd.DataFrame({"ImageID": ids, "ans": skewed}).to_csv(tmp_path / "ref.csv", index=False)
+    pd.DataFrame({"ImageID": ids, "ans": rng.integers(0, 18, len(ids))}).to_csv(tmp_path / "new.csv", index=False)
+
+    def run(**kw):
+        return estimate_file(tmp_path / "new.csv", [tmp_path / "ref.csv"], [0.3], samples=300, **kw)
+
+    alone = run()
+    assert any("no train set found" in w for w in alone.warnings), alone.warnings
+    other = tmp_path / "data" / "aaa" / "eval"  # first by name, another eval set
+    other.mkdir(parents=True)
+    pd.DataFrame({"ImageID": [f"x{k}.jpg" for k in range(len(ids))], "ans": 0}).to_csv(other / "info.csv", index=False)
+    os.symlink(tiny_root, tmp_path / "data" / "comp")
+    found = run()
+    assert found.evidence[0].startswith(f"class prior: train shares of {Path('data') / 'comp'} (found in data/")
+    assert not any("no train set found" in w for w in found.warnings)
+    given = run(data=tiny_root)
+    assert (found.f1, found.f1_interval) == (given.f1, given.f1_interval) and found.f1 != alone.f1
+    with pytest.raises(CompError, match="no readable train/train.csv"):
+        run(data=tmp_path / "data" / "aaa")
+
+
+def test_the_ledger_checks_a_csv_made_elsewhere_against_the_eval_set_in_data(tiny_root, tmp_path, monkeypatch):
+    """The leaderboard wants info.csv's order; a CSV without comp's JSON is checked against the dataset in
+    data/ that lists its images, so a shuffled one is refused before it is scored, with nothing written."""
+    from comp.data.reader import read_info_ids
+
+    monkeypatch.chdir(tmp_path)
+    ids = read_info_ids(tiny_root)
+    pd.DataFrame({"ImageID": ids[::-1], "ans": 0}).to_csv(tmp_path / "shuffled.csv", index=False)
+    (tmp_path / "data").mkdir()
+    os.symlink(tiny_root, tmp_path / "data" / "comp")
+    with pytest.raises(CompError, match=r"not in data/comp/eval/info.csv's order"):
+        add(tmp_path / "shuffled.csv", 0.4, folder=tmp_path / "s")
+    assert not (tmp_path / "s" / "ledger.csv").exists()
+    pd.DataFrame({"ImageID": ids, "ans": 0}).to_csv(tmp_path / "ordered.csv", index=False)
+    assert add(tmp_path / "ordered.csv", 0.4, folder=tmp_path / "s").name == "ordered.csv"

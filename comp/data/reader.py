@@ -294,6 +294,26 @@ def read_info_ids(root: Path | str) -> np.ndarray:
     return info["ImageID"].to_numpy(dtype=object)
 
 
+def find_root(ids, under: Path | str = "data") -> Path | None:
+    """The dataset root in the project's data/ folder (data/ itself or a folder in it) whose eval/info.csv lists
+    exactly these ImageIDs, the first by name; None if none does. For a CSV that does not say which dataset it
+    was predicted on (one made by other code has no comp JSON)."""
+    under = Path(under)
+    if not under.is_dir():
+        return None
+    wanted = set(ids)
+    for root in [under, *sorted(p for p in under.iterdir() if p.is_dir())]:
+        if not (root / "eval" / "info.csv").is_file():
+            continue
+        try:
+            found = read_info_ids(root)
+        except CompError:
+            continue  # a broken dataset is `comp data check`'s to report, not the reason to refuse a CSV
+        if len(found) == len(wanted) and set(found) == wanted:
+            return root
+    return None
+
+
 def load_eval(root: Path | str) -> pd.DataFrame:
     """info.csv's rows in order: ImageID and the image path. Raises if an image is missing."""
     df, problems = scan_eval(root)
