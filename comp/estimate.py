@@ -577,19 +577,38 @@ def measured_weight(new: Calibration, refs: list[Calibration], prior: np.ndarray
 
 def load_references(ref_paths: list[Path], ref_f1: list[float], ref_acc: list[float] | None,
                     ledger_dir: Path | None) -> list[Reference]:
-    """--ref/--ref-f1/--ref-acc triples, or every scored submission of the ledger."""
+    """--ref/--ref-f1/--ref-acc triples; --ref alone: each reference's scores from the ledger (the entry with
+    the same content); neither: every scored submission of the ledger."""
+    folder = ledger_dir or Path("submissions")
+    if ref_paths and not ref_f1:
+        return [ledger_reference(p, folder) for p in ref_paths]
     if ref_paths:
         if len(ref_f1) != len(ref_paths):
-            raise CompError(f"{len(ref_paths)} --ref but {len(ref_f1)} --ref-f1: give one score per reference")
+            raise CompError(f"{len(ref_paths)} --ref but {len(ref_f1)} --ref-f1: give one score per reference, or "
+                            "none to take them from the ledger")
         if ref_acc and len(ref_acc) != len(ref_paths):
             raise CompError("--ref-acc: give one per --ref, or none")
         accs = ref_acc or [None] * len(ref_paths)
         return [Reference(read_submission(p), f, a, Path(p).name) for p, f, a in zip(ref_paths, ref_f1, accs, strict=True)]
-    folder = ledger_dir or Path("submissions")
     refs = ledger_references(folder)
     if not refs:
         raise CompError(f"{folder}/ledger.csv has no scored submission; give --ref REF.csv --ref-f1 F")
     return refs
+
+
+def ledger_reference(path: Path | str, folder: Path) -> Reference:
+    """A --ref given without its score: the ledger entry with the same bytes (a copy elsewhere counts)."""
+    from .fileio import sha256_file
+    from .ledger import read_ledger
+
+    sub = read_submission(path)
+    digest = sha256_file(Path(path))
+    entry = next((e for e in read_ledger(folder) if e.sha256 == digest), None)
+    if entry is None:
+        raise CompError(f"{path}: no score for this reference: no entry of {folder}/ledger.csv has its content; give "
+                        f"--ref-f1 F (its public F1), or score it into the ledger with `comp submissions add {path} "
+                        "--public-f1 F`")
+    return Reference(sub, entry.public_f1, entry.public_acc, entry.name)
 
 
 def ledger_references(folder: Path) -> list[Reference]:

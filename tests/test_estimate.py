@@ -130,6 +130,15 @@ def test_ledger_add_list_and_estimate_from_it(tmp_path, monkeypatch):
     assert est.exit_code == 0 and json.loads(est.stdout)["f1"] == pytest.approx(0.61)
     assert runner.invoke(app, ["submissions", "add", "out/a.csv", "--public-f1", "1.5"]).exit_code == 2
     assert used_today(read_ledger(tmp_path / "submissions")) == 1
+    # `comp estimate new.csv --ref best.csv`: the reference's score is the ledger's, found by content
+    q = rng.dirichlet(np.ones(18), 50).astype(np.float32)
+    _write(tmp_path / "out" / "b.csv", ids, q.argmax(1), q)
+    by_ref = runner.invoke(app, ["estimate", "out/b.csv", "--ref", "out/a.csv", "--json", "--samples", "100"])
+    given = runner.invoke(app, ["estimate", "out/b.csv", "--ref", "out/a.csv", "--ref-f1", "0.61", "--ref-acc", "70.5",
+                                "--json", "--samples", "100"])
+    assert by_ref.exit_code == 0 and json.loads(by_ref.stdout) == json.loads(given.stdout), by_ref.output
+    unscored = runner.invoke(app, ["estimate", "out/a.csv", "--ref", "out/b.csv"])
+    assert unscored.exit_code == 2 and "out/b.csv: no score for this reference" in unscored.output
 
 
 def test_ledger_survives_a_crash_mid_write(tmp_path, monkeypatch):
