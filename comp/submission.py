@@ -227,7 +227,8 @@ def check_probs(probs: np.ndarray, ans: np.ndarray | None, where: str, from_prob
         raise CompError(f"{where}: row {int(np.argmax(bad))} holds NaN or infinity ({int(bad.sum())} such rows)")
     bad = (p < 0).any(1)
     if bad.any():
-        raise CompError(f"{where}: row {int(np.argmax(bad))} holds a negative probability ({int(bad.sum())} such rows)")
+        raise CompError(f"{where}: row {int(np.argmax(bad))} holds a negative probability ({int(bad.sum())} such rows); "
+                        "save probabilities (softmax), not logits or log-probabilities")
     sums = p.sum(1)
     bad = np.abs(sums - 1) > 1e-3
     if bad.any():
