@@ -424,10 +424,13 @@ def estimate_cmd(
     new: list[Path] = typer.Argument(..., help="The CSV to estimate (its .probs.npy / .json are used when present); "
                                                "several: each estimated, then ranked."),
     ref: list[Path] = typer.Option(None, "--ref", help="A scored submission (repeatable; default: the ledger's)."),
-    ref_f1: list[float] = typer.Option(None, "--ref-f1", help="Public F1 of each --ref, in order (none: each --ref's score from the ledger)."),
+    ref_f1: list[float] = typer.Option(None, "--ref-f1", help="Public F1 of each --ref, in order (none: each "
+                                                              "--ref's scores from the ledger)."),
     ref_acc: list[float] = typer.Option(None, "--ref-acc", help="Public accuracy (percent) of each --ref, in order."),
     folder: Path = LEDGER_DIR,
-    data: Path = typer.Option(None, "--data", help="Dataset root for the train class shares (default: the one the CSVs' JSON names, else the one in data/ whose eval/info.csv lists their ImageIDs)."),
+    data: Path = typer.Option(None, "--data", help="Dataset root for the train class shares (default: the one the "
+                                                   "CSVs' JSON names, else the one in data/ whose eval/info.csv lists "
+                                                   "their ImageIDs)."),
     truth: Path = typer.Option(None, "--truth", help="Answer key, to print the true score beside the estimate."),
     samples: int = typer.Option(2000, "--samples", help="Label draws (more: smoother interval)."),
     self_check: bool = typer.Option(True, "--self-check/--no-self-check",

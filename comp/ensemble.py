@@ -28,6 +28,7 @@ from .submission import (
     Twin,
     check_same_ids,
     common_images,
+    dataset_root,
     read_submission,
     score,
     twin_of_file,
@@ -49,7 +50,7 @@ def _truth_for(subs: list[Submission], truth: Path | None):
     """The answer key: --truth, or eval_truth.csv beside the eval set the first input was predicted on."""
     if truth is not None:
         return read_truth(truth)
-    root = subs[0].prov.data
+    root = dataset_root(subs[0])
     return load_truth(root) if root else None
 
 

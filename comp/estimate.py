@@ -409,10 +409,10 @@ def estimate(new: Submission, refs: list[Reference], prior: np.ndarray | None = 
     if prior is None:
         prior = np.mean([np.bincount(r.sub.ans, minlength=N) for r in refs], 0) / n
         evidence.append("class prior: the references' predicted shares (no train data found)")
-        guessed_prior.append("no train set found (no --data, no comp JSON naming one, no dataset in data/ listing these "
-                        "ImageIDs): the class prior is the references' predicted shares, which a weak reference skews "
-                        "(benchmarks/estimator.py --prior refs, foreign pool II, one reference: MAE 0.066 against "
-                        "0.037 with the train shares). Pass --data ROOT")
+        guessed_prior.append("no train set found (no --data, no comp JSON naming one, no dataset in data/ listing "
+                             "these ImageIDs): the class prior is the references' predicted shares, which a weak "
+                             "reference skews (benchmarks/estimator.py --prior refs, foreign pool II, one reference: "
+                             "MAE 0.066 against 0.037 with the train shares). Pass --data ROOT")
     prior = np.maximum(np.asarray(prior, float), 1e-4)
     prior /= prior.sum()
     # One kind of evidence for all (probabilities when NEW and every reference have them, else answers): a

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import CompError
 from .fileio import atomic_path, atomic_write, sha256_file
-from .submission import check_against_ids, meta_path, probs_path, read_submission
+from .submission import check_against_ids, dataset_root, meta_path, probs_path, read_submission
 
 COLUMNS = ["name", "sha256", "time", "public_f1", "public_acc", "note"]
 DEFAULT_DIR = Path("submissions")
@@ -93,11 +93,9 @@ def add(file: Path | str, public_f1: float, public_acc: float | None = None, not
 
 def _check_rows(sub, entries: list[Entry], folder: Path, data: Path | str | None) -> None:
     """The rows the leaderboard expects: every eval ImageID once, in info.csv's order."""
-    from .data.reader import find_root, read_info_ids
+    from .data.reader import read_info_ids
 
-    root = data or sub.prov.data
-    if data is None and not (root and (Path(root) / "eval" / "info.csv").is_file()):
-        root = find_root(sub.ids)  # made elsewhere, or on another machine: the dataset in data/ with these images
+    root = data or dataset_root(sub)
     if root is not None and (Path(root) / "eval" / "info.csv").is_file():
         check_against_ids(sub, read_info_ids(root), str(Path(root) / "eval" / "info.csv"))
     elif data is not None:

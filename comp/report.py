@@ -26,7 +26,7 @@ from .data import labels as L
 from .data.reader import load_truth, read_truth
 from .errors import CompError
 from .fileio import atomic_dir
-from .submission import read_submission
+from .submission import dataset_root, read_submission
 
 SCORE_KEYS = ("f1", "f1_mask", "f1_gender", "f1_age", "acc")
 SCORE_HEADER = ["F1", "mask F1", "gender F1", "age F1", "accuracy"]
@@ -138,7 +138,7 @@ class Scored:
 
 def load_scored(submission: Path | str, truth: Path | str | None) -> Scored:
     sub = read_submission(submission)
-    root = sub.prov.data
+    root = dataset_root(sub)
     key = read_truth(truth) if truth else load_truth(root) if root else None
     if key is None:
         raise CompError(f"{submission}: no answer key to score it against; pass --truth eval_truth.csv")

@@ -281,6 +281,16 @@ def read_submission(path: Path | str, need_probs: bool = False) -> Submission:
     return Submission(path, df["ImageID"].to_numpy(dtype=object), ans, probs, prov)
 
 
+def dataset_root(sub: Submission) -> Path | None:
+    """The dataset root a submission was predicted on: the one its JSON names when it is on this machine, else
+    the one in the project's data/ whose eval/info.csv lists its ImageIDs (a CSV from other code has no JSON)."""
+    from .data.reader import find_root
+
+    if sub.prov.data and (Path(sub.prov.data) / "eval" / "info.csv").is_file():
+        return Path(sub.prov.data)
+    return find_root(sub.ids)
+
+
 def check_same_ids(subs: list[Submission]) -> None:
     """All submissions must cover the same ImageIDs (in any order)."""
     first = set(subs[0].ids)

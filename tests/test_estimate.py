@@ -343,3 +343,8 @@ def test_the_ledger_checks_a_csv_made_elsewhere_against_the_eval_set_in_data(tin
     assert not (tmp_path / "s" / "ledger.csv").exists()
     pd.DataFrame({"ImageID": ids, "ans": 0}).to_csv(tmp_path / "ordered.csv", index=False)
     assert add(tmp_path / "ordered.csv", 0.4, folder=tmp_path / "s").name == "ordered.csv"
+    # and a synthetic / benchmark set's answer key is found the same way (comp report --submission)
+    from comp.report import load_scored
+
+    key = pd.read_csv(tiny_root / "eval_truth.csv").set_index("ImageID").loc[ids]
+    assert load_scored(tmp_path / "ordered.csv", None).truth.tolist() == key["ans"].tolist()
