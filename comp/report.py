@@ -138,8 +138,11 @@ class Scored:
 
 def load_scored(submission: Path | str, truth: Path | str | None) -> Scored:
     sub = read_submission(submission)
-    root = dataset_root(sub)
-    key = read_truth(truth) if truth else load_truth(root) if root else None
+    if truth:
+        key = read_truth(truth)
+    else:  # the answer key beside the eval set it was predicted on (synthetic and benchmark sets have one)
+        root = dataset_root(sub)
+        key = load_truth(root) if root else None
     if key is None:
         raise CompError(f"{submission}: no answer key to score it against; pass --truth eval_truth.csv")
     key = key.set_index("ImageID")
