@@ -671,6 +671,21 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
     from .selfcal import agreement, choose_reference_count, formula
 
     refs = sorted(refs, key=lambda r: -r.f1)[:MAX_REFS]
+    # One row order for all: the self-check's correction and the formula compare submissions row by row, and a
+    # leaderboard reads a CSV by ImageID, not by position (a sorted or shuffled CSV is the same submission).
+    order = (ledger or refs)[0].sub.ids if (ledger or refs) else None
+    placed: dict[int, Submission] = {}  # one reordered copy per submission, so a ledger entry stays one object
+
+    def in_order(r: Reference) -> Reference:
+        if order is None or np.array_equal(r.sub.ids, order):
+            return r
+        if id(r.sub) not in placed:
+            check_same_ids([r.sub, (ledger or refs)[0].sub])
+            placed[id(r.sub)] = r.sub.reorder(order)
+        return Reference(placed[id(r.sub)], r.f1, r.acc, r.name)
+
+    new = in_order(Reference(new, 0.0)).sub
+    refs, ledger = [in_order(r) for r in refs], [in_order(r) for r in ledger]
     exact = any(np.array_equal(r.sub.ans, new.ans) for r in refs)
     scored = None if exact else next((r for r in ledger if np.array_equal(r.sub.ans, new.ans)), None)
     if scored is not None:  # already scored, but not among the best: its score is known, not estimated

@@ -9,6 +9,7 @@ from comp import metrics
 from comp.cli import app
 from comp.estimate import Estimate, Reference, estimate
 from comp.selfcal import LooRow, SelfCalibration, agreement, formula, leave_one_out
+from comp.submission import Submission
 
 from .test_estimate import _sub, _world
 
@@ -411,3 +412,24 @@ def test_the_ledger_picks_how_many_references_by_how_they_did_on_it(monkeypatch,
     alone = any("the best one alone" in line for line in e.evidence)
     assert alone == (skewed_count == "several"), e.evidence
     assert abs(e.raw_f1 - truth) < 0.04, (e.raw_f1, truth)
+
+
+def test_a_csv_in_another_row_order_gets_the_same_estimate():
+    # A leaderboard reads rows by ImageID, so a CSV whose rows were sorted or shuffled is the same submission.
+    # The self-check's correction and the formula compare NEW with its references row by row: they must do so
+    # by ImageID, not by file position, or a shuffled CSV agrees ~6 % with its best reference and is corrected
+    # as a stranger.
+    from comp.estimate import estimate_with_ledger
+
+    y, public, prior, model, refs = _ledger(strengths=(1.0, 1.2, 1.4, 1.6))
+    new = _sub(model(1.3), len(y))
+    perm = np.random.default_rng(1).permutation(len(y))
+    shuffled = Submission(new.path, new.ids[perm], new.ans[perm], new.probs[perm])
+    same = estimate_with_ledger(new, refs, refs, prior, samples=300)
+    moved = estimate_with_ledger(shuffled, refs, refs, prior, samples=300)
+    assert same.self_check and moved.as_json() == same.as_json()
+    assert [a.overall for a in moved.agreement] == [a.overall for a in same.agreement]
+    r = refs[1]  # a scored submission in the ledger with its rows in another order: the same ledger
+    ledger = refs[:1] + [Reference(Submission(r.sub.path, r.sub.ids[perm], r.sub.ans[perm], r.sub.probs[perm]), r.f1,
+                                   r.acc, r.name)] + refs[2:]
+    assert estimate_with_ledger(new, ledger, ledger, prior, samples=300).as_json() == same.as_json()
