@@ -141,6 +141,27 @@ def test_ledger_add_list_and_estimate_from_it(tmp_path, monkeypatch):
     assert unscored.exit_code == 2 and "out/b.csv: no score for this reference" in unscored.output
 
 
+
+def test_comp_estimate_reads_a_csv_by_imageid_not_by_row(tmp_path, monkeypatch):
+    # `comp estimate` on a CSV whose rows were sorted or shuffled (pandas, a spreadsheet) is the same submission:
+    # the same JSON as the CSV in the ledger's order, with the self-check on, and again from the kept estimates.
+    monkeypatch.chdir(tmp_path)
+    y, public, prior, model = _world(n=400)
+    ids = np.array([f"i{k:03d}" for k in range(len(y))], dtype=object)
+    for k, strength in enumerate((1.0, 1.2, 1.4)):
+        p = model(strength)
+        _write(tmp_path / "out" / f"s{k}.csv", ids, p.argmax(1), p)
+        add(tmp_path / "out" / f"s{k}.csv", metrics.macro_f1(y[public], p.argmax(1)[public]), folder=tmp_path / "submissions")
+    p = model(1.3)
+    perm = np.random.default_rng(3).permutation(len(y))
+    _write(tmp_path / "out" / "new.csv", ids, p.argmax(1), p)
+    _write(tmp_path / "out" / "shuffled.csv", ids[perm], p.argmax(1)[perm], p[perm])
+    runs = [runner.invoke(app, ["estimate", f"out/{name}.csv", "--json", "--samples", "200"])
+            for name in ("new", "shuffled", "new")]
+    assert all(r.exit_code == 0 for r in runs), [r.output for r in runs]
+    first, moved, again = (json.loads(r.stdout) for r in runs)
+    assert first["self_check"] and moved == first and again == first
+
 def test_ledger_survives_a_crash_mid_write(tmp_path, monkeypatch):
     folder = tmp_path / "submissions"
     ids = ["a", "b"]
