@@ -642,9 +642,7 @@ def estimate_files(new_paths: list[Path | str], ref_paths: list[Path] | None = N
     news = [read_submission(p) for p in new_paths]
     refs = load_references(list(ref_paths or []), list(ref_f1 or []), ref_acc, ledger_dir)
     ledger = ledger_references(ledger_dir or Path("submissions"))
-    if news:  # all in one row order, once for the whole call: the copies then live as long as the caches below
-        _, refs, ledger = in_row_order(news[0], refs, ledger)
-        news = [in_row_order(new, refs, ledger)[0] for new in news]
+    news, refs, ledger, _ = in_row_order(news, refs, ledger)  # once for the call: the copies outlive the caches below
     prior, prior_note = class_prior(data, news + [r.sub for r in refs + ledger])
     memo, twins, passed = {}, {}, []
     folder = Path(ledger_dir or "submissions")
@@ -663,15 +661,17 @@ def estimate_files(new_paths: list[Path | str], ref_paths: list[Path] | None = N
     return ests
 
 
-def in_row_order(new: Submission, refs: list[Reference], ledger: list[Reference]) -> tuple[Submission, list[Reference], list[Reference]]:
-    """NEW, the references and the ledger with their rows in one ImageID order, the ledger's (else the first
-    reference's); the same objects where they already are. The self-check's correction and the formula compare
-    submissions row by row, and a leaderboard reads a CSV by ImageID, not by position: a sorted or shuffled CSV
-    is the same submission and gets the same estimate."""
+def in_row_order(news: list[Submission], refs: list[Reference], ledger: list[Reference]
+                 ) -> tuple[list[Submission], list[Reference], list[Reference], bool]:
+    """The NEWs, the references and the ledger with their rows in one ImageID order, the ledger's (else the first
+    reference's), and whether any had to be copied for it (the same objects where they already are). The
+    self-check's correction and the formula compare submissions row by row, and a leaderboard reads a CSV by
+    ImageID, not by position: a sorted or shuffled CSV is the same submission and gets the same estimate."""
     if not (ledger or refs):
-        return new, refs, ledger
+        return news, refs, ledger, False
     order = (ledger or refs)[0].sub
     copies: dict[int, Submission] = {}  # one copy per submission: a ledger entry that is also a reference stays one
+    moved: list[Submission] = []
 
     def place(sub: Submission) -> Submission:
         if id(sub) not in copies:
@@ -680,12 +680,13 @@ def in_row_order(new: Submission, refs: list[Reference], ledger: list[Reference]
             else:
                 check_same_ids([sub, order])
                 copies[id(sub)] = sub.reorder(order.ids)
+                moved.append(sub)
         return copies[id(sub)]
 
     def placed(group: list[Reference]) -> list[Reference]:
         return [r if place(r.sub) is r.sub else Reference(place(r.sub), r.f1, r.acc, r.name) for r in group]
 
-    return place(new), placed(refs), placed(ledger)
+    return [place(s) for s in news], placed(refs), placed(ledger), bool(moved)
 
 
 def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Reference], prior: np.ndarray | None,
@@ -701,9 +702,8 @@ def estimate_with_ledger(new: Submission, refs: list[Reference], ledger: list[Re
     refs = sorted(refs, key=lambda r: -r.f1)[:MAX_REFS]
     # One row order for all (see in_row_order). Copies made here live for this call only: the callers' caches
     # are keyed by object identity, and a freed copy's identity can be another object's later, so they sit out.
-    moved_new, moved_refs, moved_ledger = in_row_order(new, refs, ledger)
-    if moved_new is not new or any(a is not b for a, b in zip(moved_refs + moved_ledger, refs + ledger, strict=True)):
-        new, refs, ledger = moved_new, moved_refs, moved_ledger
+    (new,), refs, ledger, copied = in_row_order([new], refs, ledger)
+    if copied:
         memo, twins, cache = None, None, None
     exact = any(np.array_equal(r.sub.ans, new.ans) for r in refs)
     scored = None if exact else next((r for r in ledger if np.array_equal(r.sub.ans, new.ans)), None)
